@@ -1,0 +1,164 @@
+//! `berth agent`: the node daemon.
+//!
+//! Start-up order matters: the API socket is bound first (so a second agent refuses to start
+//! before it touches the data plane), then the data plane is loaded and attached, then
+//! `/metrics` and the API serve until SIGTERM or SIGINT. On exit the socket is removed and the
+//! pinned data plane stays in place, still forwarding.
+
+use std::{io, sync::Arc, time::Instant};
+
+use aya_log::EbpfLogger;
+use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
+
+use crate::{
+    api::{self, ApiState},
+    config::AgentConfig,
+    dataplane::{self, Dataplane, PinLayout},
+    metrics::Metrics,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    Bind(#[from] api::BindError),
+    #[error(transparent)]
+    Dataplane(#[from] dataplane::DataplaneError),
+    #[error("binding the metrics endpoint {addr}: {source}")]
+    Metrics {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("setting up metrics: {0}")]
+    Registry(#[from] prometheus::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: io::Error,
+    },
+    #[error("refusing to clean up while an agent serves {0}: stop it first")]
+    AgentRunning(std::path::PathBuf),
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
+    let started = Instant::now();
+    let api_listener = api::bind_api_socket(&config.api_socket).await?;
+    let layout = PinLayout::new(&config.pin_root);
+
+    let (dataplane, logger) = Dataplane::load(layout.clone(), &config.xdp_ifaces, config.xdp_mode)?;
+    tracing::info!(pin_root = %layout.root.display(), xdp_ifaces = ?config.xdp_ifaces, "data plane loaded");
+    let log_task = tokio::spawn(drain_kernel_logs(logger));
+
+    let metrics = Arc::new(Metrics::new(layout.clone())?);
+    let metrics_listener = TcpListener::bind(config.metrics_addr)
+        .await
+        .map_err(|source| AgentError::Metrics {
+            addr: config.metrics_addr,
+            source,
+        })?;
+    let metrics_addr = metrics_listener
+        .local_addr()
+        .map_err(|source| AgentError::Io {
+            what: "reading the metrics address",
+            source,
+        })?;
+    let state = Arc::new(ApiState {
+        layout,
+        started,
+        metrics_addr: metrics_addr.to_string(),
+        api_socket: config.api_socket.clone(),
+    });
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait_stop = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api_server = axum::serve(api_listener, api::api_router(state))
+        .with_graceful_shutdown(wait_stop(stop_rx.clone()));
+    let metrics_server = axum::serve(metrics_listener, api::metrics_router(metrics))
+        .with_graceful_shutdown(wait_stop(stop_rx));
+    let api_task = tokio::spawn(async move { api_server.await });
+    let metrics_task = tokio::spawn(async move { metrics_server.await });
+    tracing::info!(
+        api_socket = %config.api_socket.display(),
+        metrics = %format!("http://{metrics_addr}/metrics"),
+        version = crate::VERSION,
+        "agent ready"
+    );
+
+    let signal = wait_for_signal().await.map_err(|source| AgentError::Io {
+        what: "installing signal handlers",
+        source,
+    })?;
+    tracing::info!(
+        signal,
+        "shutting down; the pinned data plane stays in place"
+    );
+    let _ = stop_tx.send(true);
+    for (name, task) in [("api", api_task), ("metrics", metrics_task)] {
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                tracing::warn!(server = name, error = %err, "server ended with an error")
+            }
+            Err(err) => tracing::warn!(server = name, error = %err, "server task failed"),
+        }
+    }
+    log_task.abort();
+    drop(dataplane);
+    if let Err(err) = std::fs::remove_file(&config.api_socket) {
+        tracing::warn!(path = %config.api_socket.display(), error = %err, "removing the API socket");
+    }
+    Ok(())
+}
+
+/// Removes every pin and attachment under the configured pin root (`berth agent --cleanup`).
+pub async fn cleanup(config: &AgentConfig) -> Result<Vec<std::path::PathBuf>, AgentError> {
+    if tokio::net::UnixStream::connect(&config.api_socket)
+        .await
+        .is_ok()
+    {
+        return Err(AgentError::AgentRunning(config.api_socket.clone()));
+    }
+    dataplane::cleanup(&PinLayout::new(&config.pin_root)).map_err(|source| AgentError::Io {
+        what: "removing pins",
+        source,
+    })
+}
+
+async fn wait_for_signal() -> io::Result<&'static str> {
+    let mut term = tokio::signal::unix::signal(SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(SignalKind::interrupt())?;
+    Ok(tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    })
+}
+
+/// Forwards the kernel programs' aya-log records into the agent's log as they arrive.
+async fn drain_kernel_logs(logger: EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns the ring buffer's fd and neither closes nor replaces it while the
+    // AsyncFd holds it; the fd is dropped together with the AsyncFd.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot poll the kernel log ring buffer; kernel logs are lost");
+            return;
+        }
+    };
+    loop {
+        let mut guard = match fd.readable_mut().await {
+            Ok(guard) => guard,
+            Err(err) => {
+                tracing::error!(error = %err, "polling the kernel log ring buffer failed");
+                return;
+            }
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}

@@ -1,0 +1,137 @@
+//! The agent's JSON API, served over HTTP/1.1 on a unix socket (mode 0600: only root, or whoever
+//! owns the socket, may talk to the agent), and the `/metrics` endpoint on TCP.
+
+use std::{
+    os::unix::fs::PermissionsExt as _,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
+use tokio::net::UnixListener;
+
+use crate::{
+    dataplane::PinLayout,
+    metrics::Metrics,
+    status::{AgentInfo, Status},
+};
+
+/// Paths of the API.
+pub mod paths {
+    pub const STATUS: &str = "/v1/status";
+    pub const HEALTHZ: &str = "/healthz";
+    pub const METRICS: &str = "/metrics";
+}
+
+/// What the handlers share.
+pub struct ApiState {
+    pub layout: PinLayout,
+    pub started: Instant,
+    pub metrics_addr: String,
+    pub api_socket: PathBuf,
+}
+
+impl ApiState {
+    pub fn status(&self) -> Status {
+        Status::from_pins(
+            &self.layout,
+            Some(AgentInfo {
+                version: crate::VERSION.to_owned(),
+                pid: std::process::id(),
+                uptime_seconds: self.started.elapsed().as_secs_f64(),
+                metrics_addr: self.metrics_addr.clone(),
+                api_socket: self.api_socket.display().to_string(),
+            }),
+        )
+    }
+}
+
+/// The router of the unix-socket API.
+pub fn api_router(state: Arc<ApiState>) -> Router {
+    Router::new()
+        .route(paths::STATUS, get(status))
+        .route(paths::HEALTHZ, get(healthz))
+        .with_state(state)
+}
+
+/// The router of the TCP metrics endpoint (also answers liveness probes).
+pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
+    Router::new()
+        .route(paths::METRICS, get(render_metrics))
+        .route(paths::HEALTHZ, get(healthz))
+        .with_state(metrics)
+}
+
+async fn status(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
+    // Reading pins is a handful of bpf() syscalls; keep it off the async workers anyway.
+    match tokio::task::spawn_blocking(move || state.status()).await {
+        Ok(status) => Json(status).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    match tokio::task::spawn_blocking(move || metrics.render()).await {
+        Ok(Ok(text)) => (
+            [(
+                header::CONTENT_TYPE,
+                "text/plain; version=0.0.4; charset=utf-8",
+            )],
+            text,
+        )
+            .into_response(),
+        Ok(Err(err)) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("another berth agent is already serving {0}")]
+    InUse(PathBuf),
+    #[error("{op} {path}: {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Binds the API socket with mode 0600, replacing a stale socket file left by a killed agent but
+/// refusing to steal the socket of a live one.
+pub async fn bind_api_socket(path: &Path) -> Result<UnixListener, BindError> {
+    let io = |op, source| BindError::Io {
+        op,
+        path: path.to_owned(),
+        source,
+    };
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| io("creating the directory of", e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| io("restricting the directory of", e))?;
+    }
+    if path.exists() {
+        if tokio::net::UnixStream::connect(path).await.is_ok() {
+            return Err(BindError::InUse(path.to_owned()));
+        }
+        std::fs::remove_file(path).map_err(|e| io("removing stale socket", e))?;
+    }
+    let listener = UnixListener::bind(path).map_err(|e| io("binding", e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| io("setting mode 0600 on", e))?;
+    Ok(listener)
+}

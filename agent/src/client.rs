@@ -1,0 +1,80 @@
+//! Client of the agent's unix-socket API (hyper over a `UnixStream`).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Empty};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use tokio::net::UnixStream;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent listens on the socket (absent, stale, or refused).
+    #[error("no agent is listening on {path}: {source}")]
+    NotRunning {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("talking to the agent on {path}: {detail}")]
+    Http { path: PathBuf, detail: String },
+    #[error("the agent answered {status} to {uri}: {body}")]
+    Status {
+        uri: String,
+        status: StatusCode,
+        body: String,
+    },
+    #[error("decoding the agent's answer to {uri}: {source}")]
+    Decode {
+        uri: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// `GET uri` on the agent's socket, decoded from JSON.
+pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, ClientError> {
+    let http = |detail: String| ClientError::Http {
+        path: socket.to_owned(),
+        detail,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::NotRunning {
+            path: socket.to_owned(),
+            source,
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let connection = tokio::spawn(connection);
+    let request = Request::get(uri)
+        .header(hyper::header::HOST, "berth")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http(e.to_string()))?
+        .to_bytes();
+    connection.abort();
+    if !status.is_success() {
+        return Err(ClientError::Status {
+            uri: uri.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        });
+    }
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+        uri: uri.to_owned(),
+        source,
+    })
+}

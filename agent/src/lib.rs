@@ -1,0 +1,20 @@
+//! berth: the node agent and its command line.
+//!
+//! - [`dataplane`]: loads the kernel programs, pins their maps and links under the pin root, and
+//!   reports what is loaded (the same report from a live agent or from the pins alone).
+//! - [`agent`]: the daemon: data plane + `/metrics` + the JSON API, until SIGTERM/SIGINT.
+//! - [`config`]: flags, environment and config file, merged and validated.
+//! - [`api`] / [`client`]: the JSON API on a unix socket and its client.
+//! - [`metrics`]: the Prometheus exposition, read from the maps at scrape time.
+
+pub mod agent;
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod dataplane;
+pub mod logging;
+pub mod metrics;
+pub mod status;
+
+/// berth's version, as reported by `berth status` and the `berth_build_info` metric.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,201 @@
+//! Prometheus metrics. Data-plane figures are read from the pinned maps at scrape time (per-CPU
+//! counters summed over CPUs), so `/metrics` always shows the kernel's current numbers and the
+//! agent keeps no shadow copy that could drift.
+
+use std::{
+    sync::Mutex,
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use aya::maps::{Map, MapData, PerCpuArray};
+use berth_common::{maps, xdp::XdpStat};
+use prometheus::{
+    Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+
+use crate::dataplane::{PinLayout, inspect::inspect};
+
+/// The agent's registry: build info, process metrics, and the data-plane collector.
+pub struct Metrics {
+    registry: Registry,
+}
+
+impl Metrics {
+    pub fn new(layout: PinLayout) -> prometheus::Result<Self> {
+        let registry = Registry::new();
+
+        let build_info = IntGaugeVec::new(
+            Opts::new("berth_build_info", "berth's version; the value is always 1"),
+            &["version"],
+        )?;
+        build_info.with_label_values(&[crate::VERSION]).set(1);
+        registry.register(Box::new(build_info))?;
+
+        let start = GaugeVec::new(
+            Opts::new(
+                "berth_agent_start_time_seconds",
+                "when the agent started, in seconds since the Unix epoch",
+            ),
+            &[],
+        )?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or_default();
+        start.with_label_values::<&str>(&[]).set(now);
+        registry.register(Box::new(start))?;
+
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        registry.register(Box::new(DataplaneCollector::new(layout)?))?;
+        Ok(Self { registry })
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> Result<String, prometheus::Error> {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
+        String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))
+    }
+}
+
+/// Reads maps and links from the pins on every scrape.
+struct DataplaneCollector {
+    layout: PinLayout,
+    /// Serialises scrapes: each one resets and refills the vectors below.
+    lock: Mutex<()>,
+    xdp_packets: IntCounterVec,
+    map_entries: IntGaugeVec,
+    map_capacity: IntGaugeVec,
+    attached: IntGaugeVec,
+    pin_errors: IntGauge,
+}
+
+impl DataplaneCollector {
+    fn new(layout: PinLayout) -> prometheus::Result<Self> {
+        Ok(Self {
+            layout,
+            lock: Mutex::new(()),
+            xdp_packets: IntCounterVec::new(
+                Opts::new(
+                    "berth_xdp_packets_total",
+                    "frames seen by xdp_lb_ingress, by verdict and reason",
+                ),
+                &["verdict", "reason"],
+            )?,
+            map_entries: IntGaugeVec::new(
+                Opts::new(
+                    "berth_bpf_map_entries",
+                    "entries in each pinned map (fixed size for arrays)",
+                ),
+                &["map"],
+            )?,
+            map_capacity: IntGaugeVec::new(
+                Opts::new(
+                    "berth_bpf_map_capacity",
+                    "max_entries of each pinned map (bytes for ring buffers)",
+                ),
+                &["map"],
+            )?,
+            attached: IntGaugeVec::new(
+                Opts::new(
+                    "berth_bpf_program_attached",
+                    "1 for each pinned attachment of a berth program",
+                ),
+                &["program", "target"],
+            )?,
+            pin_errors: IntGauge::new(
+                "berth_bpf_pin_errors",
+                "pins under the pin root that could not be read",
+            )?,
+        })
+    }
+
+    fn refresh(&self) {
+        self.xdp_packets.reset();
+        self.map_entries.reset();
+        self.map_capacity.reset();
+        self.attached.reset();
+
+        let report = inspect(&self.layout);
+        for m in &report.maps {
+            // A ring buffer has bytes, not entries: only its capacity is meaningful.
+            if m.kind != "RingBuf" {
+                self.map_entries
+                    .with_label_values(&[m.name.as_str()])
+                    .set(i64::from(m.entries));
+            }
+            self.map_capacity
+                .with_label_values(&[m.name.as_str()])
+                .set(i64::from(m.capacity));
+        }
+        for a in &report.attachments {
+            self.attached
+                .with_label_values(&[a.program.as_str(), a.target.as_str()])
+                .set(1);
+        }
+        let mut errors = report.errors.len();
+        match read_xdp_stats(&self.layout) {
+            Ok(Some(totals)) => {
+                for (stat, total) in XdpStat::ALL.iter().zip(totals) {
+                    let (verdict, reason) = stat.labels();
+                    self.xdp_packets
+                        .with_label_values(&[verdict, reason])
+                        .inc_by(total);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                errors += 1;
+                tracing::warn!(error = %err, "reading XDP_STATS for /metrics");
+            }
+        }
+        self.pin_errors.set(errors as i64);
+    }
+}
+
+/// Sums each `XDP_STATS` counter over all CPUs; `None` when the map is not pinned.
+fn read_xdp_stats(layout: &PinLayout) -> Result<Option<Vec<u64>>, aya::maps::MapError> {
+    let path = layout.map(maps::XDP_STATS);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let stats: PerCpuArray<MapData, u64> =
+        PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&path)?))?;
+    let mut totals = Vec::with_capacity(XdpStat::COUNT as usize);
+    for stat in XdpStat::ALL {
+        let per_cpu = stats.get(&(stat as u32), 0)?;
+        totals.push(per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
+    }
+    Ok(Some(totals))
+}
+
+impl Collector for DataplaneCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut descs = Vec::new();
+        descs.extend(self.xdp_packets.desc());
+        descs.extend(self.map_entries.desc());
+        descs.extend(self.map_capacity.desc());
+        descs.extend(self.attached.desc());
+        descs.extend(self.pin_errors.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _guard = self
+            .lock
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.refresh();
+        let mut families = Vec::new();
+        families.extend(self.xdp_packets.collect());
+        families.extend(self.map_entries.collect());
+        families.extend(self.map_capacity.collect());
+        families.extend(self.attached.collect());
+        families.extend(self.pin_errors.collect());
+        families
+    }
+}

@@ -1,0 +1,191 @@
+//! `berth status`: what is loaded and attached where, and how full each map is.
+//!
+//! The same [`Status`] comes from a running agent (`GET /v1/status`, with its version and uptime)
+//! or, when no agent answers, straight from the pins.
+
+use std::fmt::Write as _;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dataplane::{
+    PinLayout,
+    inspect::{AttachmentReport, MapReport, inspect},
+};
+
+/// Where a status report came from.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A running agent answered on its API socket.
+    Agent,
+    /// No agent answered; read from the pins directly.
+    Pins,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentInfo {
+    pub version: String,
+    pub pid: u32,
+    pub uptime_seconds: f64,
+    pub metrics_addr: String,
+    pub api_socket: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Status {
+    pub source: Source,
+    /// Present when a running agent produced the report.
+    pub agent: Option<AgentInfo>,
+    pub pin_root: String,
+    /// Whether the pin root exists at all (false: no data plane on this node).
+    pub pinned: bool,
+    pub attachments: Vec<AttachmentReport>,
+    pub maps: Vec<MapReport>,
+    pub errors: Vec<String>,
+}
+
+impl Status {
+    /// Reads the pins under `layout`.
+    pub fn from_pins(layout: &PinLayout, agent: Option<AgentInfo>) -> Self {
+        let report = inspect(layout);
+        Status {
+            source: if agent.is_some() {
+                Source::Agent
+            } else {
+                Source::Pins
+            },
+            agent,
+            pin_root: layout.root.display().to_string(),
+            pinned: layout.root.exists(),
+            attachments: report.attachments,
+            maps: report.maps,
+            errors: report.errors,
+        }
+    }
+
+    /// The human-readable report.
+    pub fn render_table(&self) -> String {
+        let mut out = String::new();
+        match &self.agent {
+            Some(agent) => {
+                let _ = writeln!(
+                    out,
+                    "agent:    running (pid {}), berth {}, up {}",
+                    agent.pid,
+                    agent.version,
+                    human_duration(agent.uptime_seconds)
+                );
+                let _ = writeln!(out, "metrics:  http://{}/metrics", agent.metrics_addr);
+                let _ = writeln!(out, "api:      {}", agent.api_socket);
+            }
+            None => {
+                let _ = writeln!(out, "agent:    not running (read from pins)");
+            }
+        }
+        let _ = writeln!(
+            out,
+            "pins:     {}{}",
+            self.pin_root,
+            if self.pinned {
+                ""
+            } else {
+                " (absent: no data plane)"
+            }
+        );
+
+        let _ = writeln!(
+            out,
+            "\nPROGRAM            ATTACHED TO      PROG ID  LINK ID"
+        );
+        if self.attachments.is_empty() {
+            let _ = writeln!(out, "(no attachments)");
+        }
+        for a in &self.attachments {
+            let _ = writeln!(
+                out,
+                "{:<18} {:<16} {:>7}  {:>7}",
+                a.program, a.target, a.program_id, a.link_id
+            );
+        }
+
+        let _ = writeln!(out, "\nMAP              TYPE           ENTRIES  CAPACITY");
+        for m in &self.maps {
+            let entries = if m.kind == "RingBuf" {
+                "-".to_owned()
+            } else {
+                m.entries.to_string()
+            };
+            let capacity = if m.kind == "RingBuf" {
+                format!("{} B", m.capacity)
+            } else {
+                m.capacity.to_string()
+            };
+            let _ = writeln!(
+                out,
+                "{:<16} {:<14} {:>7}  {:>8}",
+                m.name, m.kind, entries, capacity
+            );
+        }
+        for err in &self.errors {
+            let _ = writeln!(out, "error: {err}");
+        }
+        out
+    }
+}
+
+fn human_duration(seconds: f64) -> String {
+    let s = seconds as u64;
+    match s {
+        0..60 => format!("{seconds:.1}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_lists_maps_and_attachments() {
+        let status = Status {
+            source: Source::Pins,
+            agent: None,
+            pin_root: "/sys/fs/bpf/berth".into(),
+            pinned: true,
+            attachments: vec![AttachmentReport {
+                program: "xdp_lb_ingress".into(),
+                target: "eth0".into(),
+                link_id: 7,
+                program_id: 42,
+                program_kernel_name: "xdp_lb_ingress".into(),
+                pin: "/sys/fs/bpf/berth/links/xdp_lb_ingress@eth0".into(),
+            }],
+            maps: vec![MapReport {
+                name: "CONTAINERS".into(),
+                kind: "Hash".into(),
+                entries: 3,
+                capacity: 16384,
+                key_size: 8,
+                value_size: 16,
+                id: 9,
+                pin: "/sys/fs/bpf/berth/maps/CONTAINERS".into(),
+            }],
+            errors: vec![],
+        };
+        let table = status.render_table();
+        assert!(table.contains("not running"), "{table}");
+        assert!(table.contains("xdp_lb_ingress     eth0"), "{table}");
+        assert!(
+            table.contains("CONTAINERS       Hash                 3     16384"),
+            "{table}"
+        );
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(human_duration(5.25), "5.2s");
+        assert_eq!(human_duration(125.0), "2m05s");
+        assert_eq!(human_duration(7260.0), "2h01m");
+    }
+}

@@ -1,0 +1,213 @@
+//! `cargo xtask demo`: berth's main job on an embedded default, end to end on this machine.
+//!
+//! 1. a "pod" network namespace joined to the host by a veth (10.199.0.1 ↔ 10.199.0.2);
+//! 2. `berth agent` with the default pin root, API socket and metrics address, XDP on the
+//!    veth's host end;
+//! 3. `berth status`, traffic from the pod, the counters in `/metrics`;
+//! 4. the agent killed with SIGKILL: the data plane keeps counting; a restarted agent re-opens
+//!    the same maps;
+//! 5. SIGTERM, `berth agent --cleanup`, and the namespace removed (unless `--keep`).
+//!
+//! All traffic stays between the two ends of the veth.
+
+use std::{
+    path::PathBuf,
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+use crate::sh;
+
+const NETNS: &str = "berth-demo";
+const HOST_IF: &str = "berth-demo0";
+const POD_IF: &str = "eth0";
+const HOST_ADDR: &str = "10.199.0.1";
+const POD_ADDR: &str = "10.199.0.2";
+const METRICS: &str = "http://127.0.0.1:9977/metrics";
+
+pub fn run(keep: bool) -> Result<()> {
+    sh::run("cargo", &["build", "--package", "berth"])?;
+    let berth = workspace_root()?.join("target/debug/berth");
+    let berth = berth.to_str().context("non-UTF-8 target path")?.to_owned();
+
+    step("a pod network namespace joined to the host by a veth");
+    remove_netns();
+    let _netns = NetnsGuard { keep };
+    sh::run("ip", &["netns", "add", NETNS])?;
+    sh::run(
+        "ip",
+        &[
+            "link", "add", HOST_IF, "type", "veth", "peer", "name", POD_IF, "netns", NETNS,
+        ],
+    )?;
+    sh::run(
+        "ip",
+        &["addr", "add", &format!("{HOST_ADDR}/30"), "dev", HOST_IF],
+    )?;
+    sh::run("ip", &["link", "set", HOST_IF, "up"])?;
+    sh::run(
+        "ip",
+        &[
+            "-n",
+            NETNS,
+            "addr",
+            "add",
+            &format!("{POD_ADDR}/30"),
+            "dev",
+            POD_IF,
+        ],
+    )?;
+    sh::run("ip", &["-n", NETNS, "link", "set", POD_IF, "up"])?;
+
+    step("berth agent: load the kernel programs, pin the maps, attach XDP to the veth");
+    let mut agent = Agent::start(&berth)?;
+    sh::run(&berth, &["status"])?;
+
+    step("traffic from the pod: 5 pings through xdp_lb_ingress");
+    sh::run(
+        "ip",
+        &[
+            "netns", "exec", NETNS, "ping", "-c", "5", "-i", "0.2", HOST_ADDR,
+        ],
+    )?;
+    show_metrics()?;
+
+    step("kill -9 the agent: the pinned data plane keeps running without it");
+    agent.kill()?;
+    sh::run(
+        "ip",
+        &[
+            "netns", "exec", NETNS, "ping", "-c", "3", "-i", "0.2", HOST_ADDR,
+        ],
+    )?;
+    sh::run(&berth, &["status"])?;
+
+    step("restart: the agent re-opens the pinned maps; the counters include the pings above");
+    let mut agent = Agent::start(&berth)?;
+    show_metrics()?;
+
+    if keep {
+        step("leaving the agent running (--keep)");
+        println!(
+            "agent pid {}; try `{berth} status`, `curl -s {METRICS}`; stop it with `kill {}` \
+             then `{berth} agent --cleanup` and `ip netns del {NETNS}`",
+            agent.pid(),
+            agent.pid()
+        );
+        std::mem::forget(agent);
+        return Ok(());
+    }
+    step("SIGTERM: the agent exits cleanly and leaves the data plane pinned");
+    agent.terminate()?;
+    sh::run(&berth, &["status"])?;
+
+    step("berth agent --cleanup: remove every pin and attachment");
+    sh::run(&berth, &["agent", "--cleanup"])?;
+    sh::run(&berth, &["status"])?;
+    println!("\ndemo complete");
+    Ok(())
+}
+
+fn step(title: &str) {
+    println!("\n=== {title}");
+}
+
+fn workspace_root() -> Result<PathBuf> {
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(manifest
+        .parent()
+        .context("xtask has no parent directory")?
+        .to_owned())
+}
+
+fn show_metrics() -> Result<()> {
+    let text = sh::output("curl", &["-sf", METRICS]).context("scraping /metrics")?;
+    println!("$ curl -s {METRICS} | grep '^berth_'");
+    for line in text.lines().filter(|l| l.starts_with("berth_")) {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+fn remove_netns() {
+    let _ = Command::new("ip")
+        .args(["netns", "del", NETNS])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Removes the demo namespace (and with it the veth) on the way out, also on failure.
+struct NetnsGuard {
+    keep: bool,
+}
+
+impl Drop for NetnsGuard {
+    fn drop(&mut self) {
+        if !self.keep {
+            remove_netns();
+        }
+    }
+}
+
+struct Agent {
+    child: Option<Child>,
+}
+
+impl Agent {
+    fn start(berth: &str) -> Result<Self> {
+        eprintln!("+ {berth} agent --xdp-iface {HOST_IF} &");
+        let child = Command::new(berth)
+            .args(["agent", "--xdp-iface", HOST_IF])
+            .spawn()
+            .context("starting berth agent")?;
+        let mut agent = Agent { child: Some(child) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while sh::output("curl", &["-sf", "http://127.0.0.1:9977/healthz"]).is_none() {
+            if let Some(child) = agent.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                agent.child = None;
+                bail!("berth agent exited during start-up: {status}");
+            }
+            if Instant::now() > deadline {
+                bail!("berth agent not ready after 20 s");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(agent)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn kill(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            sh::run("kill", &["-9", &child.id().to_string()])?;
+            child.wait()?;
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) -> Result<()> {
+        if let Some(mut child) = self.child.take() {
+            sh::run("kill", &["-TERM", &child.id().to_string()])?;
+            let status = child.wait()?;
+            if !status.success() {
+                bail!("berth agent exited with {status} on SIGTERM");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}

@@ -1,0 +1,102 @@
+//! berth's orchestration: `cargo xtask setup | test | demo`.
+//!
+//! Everything a fresh machine of this kind lacks is installed by `setup`, which every other
+//! command runs first; it is idempotent and takes seconds once everything is there.
+
+mod demo;
+mod setup;
+mod sh;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "berth's build, test and demo orchestration"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install the toolchain and tools berth's build and tests need (idempotent).
+    Setup,
+    /// The whole test suite: setup, fmt, clippy, unit tests, privileged end-to-end tests.
+    Test {
+        /// Skip `cargo fmt --check` and clippy (faster local iterations).
+        #[arg(long)]
+        no_lint: bool,
+        /// Only run tests whose name contains this filter.
+        filter: Option<String>,
+    },
+    /// Run the demo: agent, status, traffic through the XDP program, metrics, restart, cleanup.
+    Demo {
+        /// Leave the agent running and the demo namespace in place at the end.
+        #[arg(long)]
+        keep: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Setup => setup::run(),
+        Command::Test { no_lint, filter } => {
+            setup::run()?;
+            test(!no_lint, filter.as_deref())
+        }
+        Command::Demo { keep } => {
+            setup::run()?;
+            demo::run(keep)
+        }
+    }
+}
+
+fn test(lint: bool, filter: Option<&str>) -> Result<()> {
+    let started = std::time::Instant::now();
+    if lint {
+        sh::run("cargo", &["fmt", "--all", "--", "--check"])?;
+        sh::run(
+            "cargo",
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+        )?;
+    }
+    // The privileged tests drive the `berth` binary; build it first.
+    sh::run("cargo", &["build", "--package", "berth"])?;
+    let filter: Vec<&str> = filter.into_iter().collect();
+    let mut counts = sh::TestCounts::default();
+    // Host-only tests of the default members (no root needed).
+    let mut unit = vec![
+        "--workspace",
+        "--exclude",
+        "berth-tests",
+        "--exclude",
+        "berth-ebpf",
+        "--",
+    ];
+    unit.extend(&filter);
+    let unit_result = sh::cargo_test(&unit, &mut counts);
+    // Privileged end-to-end tests share the kernel: one at a time.
+    let mut e2e = vec!["--package", "berth-tests", "--", "--test-threads=1"];
+    e2e.extend(&filter);
+    let e2e_result = sh::cargo_test(&e2e, &mut counts);
+    eprintln!("xtask test: finished in {:.0?}", started.elapsed());
+    // The closing line CI reads.
+    println!(
+        "summary: {} passed, {} failed",
+        counts.passed, counts.failed
+    );
+    unit_result?;
+    e2e_result?;
+    Ok(())
+}
