@@ -47,7 +47,16 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let api_listener = api::bind_api_socket(&config.api_socket).await?;
     let layout = PinLayout::new(&config.pin_root);
 
-    let (dataplane, logger) = Dataplane::load(layout.clone(), &config.xdp_ifaces, config.xdp_mode)?;
+    let (dataplane, logger) =
+        match Dataplane::load(layout.clone(), &config.xdp_ifaces, config.xdp_mode) {
+            Ok(loaded) => loaded,
+            Err(err) => {
+                // Leave no socket behind that looks like a running agent.
+                drop(api_listener);
+                let _ = std::fs::remove_file(&config.api_socket);
+                return Err(err.into());
+            }
+        };
     tracing::info!(pin_root = %layout.root.display(), xdp_ifaces = ?config.xdp_ifaces, "data plane loaded");
     let log_task = tokio::spawn(drain_kernel_logs(logger));
 

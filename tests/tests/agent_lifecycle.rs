@@ -4,6 +4,7 @@
 
 use std::{
     io::Write as _,
+    os::unix::fs::PermissionsExt as _,
     process::{Command, Stdio},
     time::Duration,
 };
@@ -120,6 +121,15 @@ fn agent_serves_metrics_and_keeps_map_entries_across_sigkill() {
         assert!(map.capacity > 0, "{map:?}");
     }
     assert!(status.errors.is_empty(), "{:?}", status.errors);
+    let mode = std::fs::metadata(&paths.api_socket)
+        .expect("API socket")
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "the API socket must be private to its owner"
+    );
 
     // Traffic through the attached program shows in /metrics, and the exposition is valid.
     ping(&pair, 3);
@@ -314,5 +324,139 @@ fn invalid_configuration_is_rejected_before_touching_the_kernel() {
         );
         assert!(!paths.pin_root.exists(), "{extra:?}: nothing may be pinned");
     }
+    // The same through the environment: clap names the flag the variable stands for.
+    let out = Command::new(berth_bin().expect("berth"))
+        .arg("agent")
+        .arg("--pin-root")
+        .arg(&paths.pin_root)
+        .env("BERTH_METRICS_ADDR", "127.0.0.1:notaport")
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--metrics-addr"), "{stderr}");
+    assert!(!paths.pin_root.exists());
     let _ = std::fs::remove_file(config);
+}
+
+#[test]
+fn a_pinned_map_of_another_layout_is_refused_not_misread() {
+    if !require_root("a_pinned_map_of_another_layout_is_refused_not_misread") {
+        return;
+    }
+    let paths = AgentPaths::new("layout").expect("temp paths");
+    let _cleanup = Cleanup(paths.clone());
+    // What an older berth with a different CONTAINERS value layout would have left behind.
+    let maps_dir = paths.pin_root.join("maps");
+    std::fs::create_dir_all(&maps_dir).expect("pin dir on bpffs");
+    let pin = maps_dir.join(maps::CONTAINERS);
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&pin)
+        .args([
+            "type",
+            "hash",
+            "key",
+            "8",
+            "value",
+            "8",
+            "entries",
+            "64",
+            "name",
+            "CONTAINERS",
+        ])
+        .output()
+        .expect("bpftool (installed by `cargo xtask setup`)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let err = AgentProcess::start(&paths, &[])
+        .err()
+        .expect("the agent must refuse to start");
+    let msg = format!("{err:#}");
+    assert!(msg.contains("does not match this berth's layout"), "{msg}");
+    assert!(msg.contains("CONTAINERS"), "{msg}");
+    assert!(
+        pin.exists(),
+        "the old map is left alone for the operator to inspect"
+    );
+    assert!(
+        !paths.api_socket.exists(),
+        "a failed start leaves no API socket"
+    );
+    assert!(
+        !paths.pin_root.join("maps").join(maps::XDP_STATS).exists(),
+        "nothing else may be created"
+    );
+}
+
+/// Deletes a veth pair on drop.
+struct Veth(String);
+impl Drop for Veth {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+    }
+}
+
+fn add_veth(name: &str) {
+    let status = Command::new("ip")
+        .args([
+            "link",
+            "add",
+            name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &format!("{name}p"),
+        ])
+        .status()
+        .expect("ip link add");
+    assert!(status.success());
+    let status = Command::new("ip")
+        .args(["link", "set", name, "up"])
+        .status()
+        .expect("ip link set up");
+    assert!(status.success());
+}
+
+#[test]
+fn an_interface_recreated_while_the_agent_was_down_gets_a_fresh_attachment() {
+    if !require_root("an_interface_recreated_while_the_agent_was_down_gets_a_fresh_attachment") {
+        return;
+    }
+    let paths = AgentPaths::new("flap").expect("temp paths");
+    let _cleanup = Cleanup(paths.clone());
+    let iface = format!("btf{}", berth_tests::unique_suffix());
+    add_veth(&iface);
+    let _veth = Veth(iface.clone());
+    let flags = ["--xdp-iface", iface.as_str()];
+
+    let mut agent = AgentProcess::start(&paths, &flags).expect("start agent");
+    agent.signal(libc::SIGKILL).expect("kill -9");
+    agent.wait(Duration::from_secs(10)).expect("agent died");
+
+    // The interface goes away and comes back under the same name: the pinned link is defunct.
+    let status = Command::new("ip")
+        .args(["link", "del", &iface])
+        .status()
+        .expect("ip link del");
+    assert!(status.success());
+    add_veth(&iface);
+
+    let agent = AgentProcess::start(&paths, &flags).expect("restart agent");
+    assert!(agent.logs().contains("attaching anew"), "{}", agent.logs());
+    let status = agent.status().expect("status");
+    assert_eq!(status.attachments.len(), 1, "{status:?}");
+    let link = Command::new("ip")
+        .args(["link", "show", "dev", &iface])
+        .output()
+        .expect("ip link");
+    assert!(
+        String::from_utf8_lossy(&link.stdout).contains("xdp"),
+        "xdp_lb_ingress must be attached to the recreated interface"
+    );
 }
