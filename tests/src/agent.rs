@@ -57,6 +57,18 @@ impl AgentPaths {
         })
     }
 
+    /// `berth <subcommand> --pin-root … --api-socket …` for these paths (`agent` or `status`).
+    pub fn command(&self, subcommand: &str) -> anyhow::Result<Command> {
+        let mut cmd = Command::new(berth_bin()?);
+        cmd.arg(subcommand)
+            .arg("--pin-root")
+            .arg(&self.pin_root)
+            .arg("--api-socket")
+            .arg(&self.api_socket)
+            .env_remove("BERTH_CONFIG");
+        Ok(cmd)
+    }
+
     /// Removes the pins (detaching programs) and the temp directory. Idempotent.
     pub fn cleanup(&self) {
         if let Err(err) =
@@ -78,15 +90,10 @@ impl AgentProcess {
     /// Starts `berth agent` with `extra` flags and waits (up to 20 s) until its API answers.
     pub fn start(paths: &AgentPaths, extra: &[&str]) -> anyhow::Result<Self> {
         let log = File::options().create(true).append(true).open(&paths.log)?;
-        let child = Command::new(berth_bin()?)
-            .arg("agent")
-            .arg("--pin-root")
-            .arg(&paths.pin_root)
-            .arg("--api-socket")
-            .arg(&paths.api_socket)
+        let child = paths
+            .command("agent")?
             .args(["--metrics-addr", "127.0.0.1:0", "--log", "info,berth=debug"])
             .args(extra)
-            .env_remove("BERTH_CONFIG")
             .stdout(log.try_clone()?)
             .stderr(log)
             .spawn()
@@ -175,12 +182,8 @@ impl Drop for AgentProcess {
 
 /// `berth status --format json` for `paths`.
 pub fn status_of(paths: &AgentPaths) -> anyhow::Result<Status> {
-    let out = Command::new(berth_bin()?)
-        .arg("status")
-        .arg("--api-socket")
-        .arg(&paths.api_socket)
-        .arg("--pin-root")
-        .arg(&paths.pin_root)
+    let out = paths
+        .command("status")?
         .args(["--format", "json"])
         .output()?;
     if !out.status.success() {

@@ -12,7 +12,7 @@ use std::{
 use aya::maps::{HashMap, Map, MapData};
 use berth_common::{ContainerRecord, maps, programs::XDP_LB_INGRESS};
 use berth_tests::{
-    agent::{AgentPaths, AgentProcess, berth_bin, sample},
+    agent::{AgentPaths, AgentProcess, sample},
     netns::NetnsPair,
     privileged::{in_ci, require_root},
 };
@@ -239,11 +239,10 @@ fn agent_serves_metrics_and_keeps_map_entries_across_sigkill() {
     assert!(paths.pin_root.join("maps").join(maps::CONTAINERS).exists());
 
     // --cleanup removes every pin and detaches the program.
-    let out = Command::new(berth_bin().expect("berth"))
-        .args(["agent", "--cleanup", "--pin-root"])
-        .arg(&paths.pin_root)
-        .arg("--api-socket")
-        .arg(&paths.api_socket)
+    let out = paths
+        .command("agent")
+        .expect("berth")
+        .arg("--cleanup")
         .output()
         .expect("cleanup");
     assert!(
@@ -270,12 +269,9 @@ fn a_second_agent_on_the_same_socket_refuses_to_start() {
     let paths = AgentPaths::new("second").expect("temp paths");
     let _cleanup = Cleanup(paths.clone());
     let _first = AgentProcess::start(&paths, &[]).expect("first agent");
-    let out = Command::new(berth_bin().expect("berth"))
-        .arg("agent")
-        .arg("--pin-root")
-        .arg(&paths.pin_root)
-        .arg("--api-socket")
-        .arg(&paths.api_socket)
+    let out = paths
+        .command("agent")
+        .expect("berth")
         .args(["--metrics-addr", "127.0.0.1:0"])
         .output()
         .expect("second agent");
@@ -294,12 +290,9 @@ fn invalid_configuration_is_rejected_before_touching_the_kernel() {
     let config = std::env::temp_dir().join(format!("berth-bad-{}.toml", std::process::id()));
     std::fs::write(&config, "xdp_mode = \"turbo\"\n").expect("write config");
     let run = |extra: &[&str]| {
-        Command::new(berth_bin().expect("berth"))
-            .arg("agent")
-            .arg("--pin-root")
-            .arg(&paths.pin_root)
-            .arg("--api-socket")
-            .arg(&paths.api_socket)
+        paths
+            .command("agent")
+            .expect("berth")
             .args(extra)
             .output()
             .expect("run agent")
@@ -325,10 +318,9 @@ fn invalid_configuration_is_rejected_before_touching_the_kernel() {
         assert!(!paths.pin_root.exists(), "{extra:?}: nothing may be pinned");
     }
     // The same through the environment: clap names the flag the variable stands for.
-    let out = Command::new(berth_bin().expect("berth"))
-        .arg("agent")
-        .arg("--pin-root")
-        .arg(&paths.pin_root)
+    let out = paths
+        .command("agent")
+        .expect("berth")
         .env("BERTH_METRICS_ADDR", "127.0.0.1:notaport")
         .output()
         .expect("run agent");
