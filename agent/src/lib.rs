@@ -14,7 +14,24 @@ pub mod config;
 pub mod dataplane;
 pub mod logging;
 pub mod metrics;
+pub mod runc_cli;
 pub mod status;
 
 /// berth's version, as reported by `berth status` and the `berth_build_info` metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An error and its causes on one line, skipping a cause whose text the message before it
+/// already shows (several of berth's errors quote their source).
+pub fn error_chain(err: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            if !out.is_empty() {
+                out.push_str(": ");
+            }
+            out.push_str(&text);
+        }
+    }
+    out
+}

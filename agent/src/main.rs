@@ -57,26 +57,10 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
-            eprintln!("berth: {}", error_chain(&err));
+            eprintln!("berth: {}", berth::error_chain(&err));
             ExitCode::FAILURE
         }
     }
-}
-
-/// The error and its causes, skipping a cause whose text the message before it already shows
-/// (several of our errors quote their source).
-fn error_chain(err: &anyhow::Error) -> String {
-    let mut out = String::new();
-    for cause in err.chain() {
-        let text = cause.to_string();
-        if !out.contains(&text) {
-            if !out.is_empty() {
-                out.push_str(": ");
-            }
-            out.push_str(&text);
-        }
-    }
-    out
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

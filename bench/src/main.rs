@@ -1,1 +1,52 @@
-fn main() {}
+//! `berth-bench`: benchmarks that measure berth side by side with the baseline a user would
+//! otherwise run, interleaved in one run, reported as medians and ratios.
+//!
+//! - `runtime`: container create+start+wait+delete of a busybox `/bin/true` bundle, berth-runc
+//!   vs crun vs runc (Debian's packages).
+
+mod runtime;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Container start latency: berth-runc vs crun vs runc.
+    Runtime(runtime::Args),
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Runtime(args) => runtime::run(&args),
+    }
+}
+
+/// Median and percentile of a sorted sample.
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (p / 100.0 * (sorted.len() - 1) as f64).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile;
+
+    #[test]
+    fn percentiles_of_a_sorted_sample() {
+        let s = [1.0, 2.0, 3.0, 4.0, 5.0];
+        assert_eq!(percentile(&s, 50.0), 3.0);
+        assert_eq!(percentile(&s, 0.0), 1.0);
+        assert_eq!(percentile(&s, 100.0), 5.0);
+        assert!(percentile(&[], 50.0).is_nan());
+    }
+}

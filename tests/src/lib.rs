@@ -6,11 +6,13 @@
 //! - [`packet`]: crafted Ethernet frames (valid and hostile) for packet-path tests.
 //! - [`prog_test_run::TestRun`]: run a kernel program on a frame with `BPF_PROG_TEST_RUN` and
 //!   check its verdict, output bytes and maps.
+//! - [`bundle::TestBundle`]: a busybox OCI bundle with the static checker, run by `berth-runc`.
 //! - [`agent::AgentProcess`]: a `berth agent` child on a private pin root, socket and port.
 //!
 //! Tests using these run single-threaded (`--test-threads=1`): they share the kernel.
 
 pub mod agent;
+pub mod bundle;
 pub mod netns;
 pub mod packet;
 pub mod privileged;

@@ -55,6 +55,25 @@ fn main() -> Result<()> {
     }
 }
 
+/// The checker runs inside test containers, so it must need nothing from their root
+/// filesystem: a statically linked (glibc, crt-static) build into target/checker.
+fn build_checker() -> Result<()> {
+    sh::run_cmd(
+        std::process::Command::new("cargo")
+            .args([
+                "build",
+                "--release",
+                "--package",
+                "berth-checker",
+                "--target",
+                "x86_64-unknown-linux-gnu",
+                "--target-dir",
+                "target/checker",
+            ])
+            .env("RUSTFLAGS", "-C target-feature=+crt-static"),
+    )
+}
+
 fn test(lint: bool, filter: Option<&str>) -> Result<()> {
     let started = std::time::Instant::now();
     if lint {
@@ -71,8 +90,10 @@ fn test(lint: bool, filter: Option<&str>) -> Result<()> {
             ],
         )?;
     }
-    // The privileged tests drive the `berth` binary; build it first.
+    // The privileged tests drive the `berth` and `berth-runc` binaries and put the static
+    // checker into containers; build them first.
     sh::run("cargo", &["build", "--package", "berth"])?;
+    build_checker()?;
     let filter: Vec<&str> = filter.into_iter().collect();
     let mut counts = sh::TestCounts::default();
     // Host-only tests of the default members (no root needed).

@@ -41,6 +41,23 @@ const APT_PACKAGES: &[(&str, &str)] = &[
     ),
     ("bpftool", "inspecting pinned maps and programs by hand"),
     ("curl", "the demo scrapes /metrics"),
+    (
+        "libseccomp-dev",
+        "the runtime builds seccomp filters with libseccomp",
+    ),
+    ("pkg-config", "locating libseccomp at build time"),
+    (
+        "podman",
+        "interop test: Podman drives berth-runc as its OCI runtime",
+    ),
+    ("conmon", "Podman's container monitor"),
+    ("crun", "runtime benchmark baseline"),
+    ("runc", "runtime benchmark baseline"),
+    (
+        "docker-registry",
+        "image tests pull from a registry on loopback",
+    ),
+    ("skopeo", "image tests push to that registry"),
 ];
 
 /// The bpf-linker release this build is verified with.
