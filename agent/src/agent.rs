@@ -78,6 +78,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         started,
         metrics_addr: metrics_addr.to_string(),
         api_socket: config.api_socket.clone(),
+        container_events: metrics.container_events.clone(),
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

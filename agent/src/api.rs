@@ -26,6 +26,8 @@ use crate::{
 /// Paths of the API.
 pub mod paths {
     pub const STATUS: &str = "/v1/status";
+    /// POST: a container lifecycle event from the daemonless runtime (`berth run` & co).
+    pub const CONTAINER_EVENTS: &str = "/v1/containers/events";
     pub const HEALTHZ: &str = "/healthz";
     pub const METRICS: &str = "/metrics";
 }
@@ -36,6 +38,8 @@ pub struct ApiState {
     pub started: Instant,
     pub metrics_addr: String,
     pub api_socket: PathBuf,
+    /// `berth_container_events_total{event}`.
+    pub container_events: prometheus::IntCounterVec,
 }
 
 impl ApiState {
@@ -58,7 +62,52 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
     Router::new()
         .route(paths::STATUS, get(status))
         .route(paths::HEALTHZ, get(healthz))
+        .route(
+            paths::CONTAINER_EVENTS,
+            axum::routing::post(container_event),
+        )
         .with_state(state)
+}
+
+/// A lifecycle event from `berth run`/`rm`: logged with its fields and counted. The container
+/// records themselves live in the pinned CONTAINERS map and the runtime's state directory.
+async fn container_event(
+    State(state): State<Arc<ApiState>>,
+    Json(event): Json<ContainerEvent>,
+) -> impl IntoResponse {
+    tracing::info!(
+        event = %event.event,
+        id = %event.id,
+        name = %event.name,
+        cgroup_id = event.cgroup_id,
+        pid = event.pid,
+        netns = ?event.netns,
+        exit_code = ?event.exit_code,
+        labels = ?event.labels,
+        "container event"
+    );
+    state
+        .container_events
+        .with_label_values(&[event.event.as_str()])
+        .inc();
+    StatusCode::NO_CONTENT
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ContainerEvent {
+    event: String,
+    id: String,
+    name: String,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    #[serde(default)]
+    cgroup_id: u64,
+    #[serde(default)]
+    pid: i32,
+    #[serde(default)]
+    netns: Option<String>,
+    #[serde(default)]
+    exit_code: Option<i32>,
 }
 
 /// The router of the TCP metrics endpoint (also answers liveness probes).

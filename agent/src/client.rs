@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Empty};
+use http_body_util::{BodyExt as _, Full};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
@@ -34,8 +34,35 @@ pub enum ClientError {
     },
 }
 
+/// `POST uri` with a JSON body on the agent's socket; the answer is ignored unless it is an
+/// error status.
+pub async fn post_json(
+    socket: &Path,
+    uri: &str,
+    body: &serde_json::Value,
+) -> Result<(), ClientError> {
+    let bytes = serde_json::to_vec(body).map_err(|source| ClientError::Decode {
+        uri: uri.to_owned(),
+        source,
+    })?;
+    request(socket, "POST", uri, Some(bytes)).await.map(|_| ())
+}
+
 /// `GET uri` on the agent's socket, decoded from JSON.
 pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T, ClientError> {
+    let body = request(socket, "GET", uri, None).await?;
+    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
+        uri: uri.to_owned(),
+        source,
+    })
+}
+
+async fn request(
+    socket: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Bytes, ClientError> {
     let http = |detail: String| ClientError::Http {
         path: socket.to_owned(),
         detail,
@@ -50,9 +77,12 @@ pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T
         .await
         .map_err(|e| http(e.to_string()))?;
     let connection = tokio::spawn(connection);
-    let request = Request::get(uri)
+    let request = Request::builder()
+        .method(method)
+        .uri(uri)
         .header(hyper::header::HOST, "berth")
-        .body(Empty::<Bytes>::new())
+        .header(hyper::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|e| http(e.to_string()))?;
     let response = sender
         .send_request(request)
@@ -73,8 +103,5 @@ pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T
             body: String::from_utf8_lossy(&body).into_owned(),
         });
     }
-    serde_json::from_slice(&body).map_err(|source| ClientError::Decode {
-        uri: uri.to_owned(),
-        source,
-    })
+    Ok(body)
 }

@@ -12,6 +12,7 @@ pub mod api;
 pub mod client;
 pub mod config;
 pub mod dataplane;
+pub mod engine;
 pub mod logging;
 pub mod metrics;
 pub mod runc_cli;

@@ -3,6 +3,7 @@
 use std::{path::PathBuf, process::ExitCode};
 
 use anyhow::Context as _;
+use berth::engine::cli::{self, EngineArgs, Format, ImageCommand, RunArgs};
 use berth::{
     agent,
     api::paths,
@@ -17,6 +18,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "berth", version, about, long_about = None)]
 struct Cli {
+    #[command(flatten)]
+    engine: EngineArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -27,6 +30,61 @@ enum Command {
     Agent(AgentArgs),
     /// Show loaded programs, their attachments and every map's fill, from the agent or the pins.
     Status(StatusArgs),
+    /// Run a container from an image (daemonless); exits with the container's exit code.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        /// Include stopped containers.
+        #[arg(short, long)]
+        all: bool,
+        #[arg(long, value_enum, default_value_t = Format::Table)]
+        format: Format,
+    },
+    /// Stop containers: their stop signal, then SIGKILL after --time seconds.
+    Stop {
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Remove containers.
+    Rm {
+        /// Stop running containers first.
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        containers: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs {
+        #[arg(short, long)]
+        follow: bool,
+        container: String,
+    },
+    /// Run a command in a running container.
+    Exec {
+        #[arg(short, long)]
+        detach: bool,
+        #[arg(short, long = "env")]
+        env: Vec<String>,
+        container: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Everything about a container, as JSON.
+    Inspect { container: String },
+    /// Manage images.
+    Image {
+        #[command(subcommand)]
+        command: ImageCommand,
+    },
+    /// Pull an image from an OCI/Docker registry.
+    Pull {
+        /// Plain HTTP for a non-loopback registry.
+        #[arg(long)]
+        insecure: bool,
+        reference: String,
+    },
 }
 
 #[derive(clap::Args, Debug)]
@@ -38,21 +96,75 @@ struct StatusArgs {
     #[arg(long, env = "BERTH_PIN_ROOT", default_value = config::DEFAULT_PIN_ROOT)]
     pin_root: PathBuf,
     /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    format: Format,
+    #[arg(long, value_enum, default_value_t = StatusFormat::Table)]
+    format: StatusFormat,
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
-enum Format {
+enum StatusFormat {
     Table,
     Json,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Agent(_)) {
+        // Short-lived commands die quietly when their output pipe closes (`berth ps | head`), as
+        // Unix tools do; the agent keeps Rust's default (EPIPE as an error) for its sockets.
+        // SAFETY: setting a signal disposition to SIG_DFL before any thread exists.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
+    let engine = cli.engine.engine();
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Status(args) => run_status(args),
+        Command::Run(args) => {
+            berth::logging::init(berth::config::LogFormat::Text, "warn");
+            // The container's exit code is ours (Docker's convention).
+            return match cli::run(&engine, args) {
+                Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
+                Err(err) => {
+                    eprintln!("berth: {}", berth::error_chain(&err));
+                    // 125: the error is berth's, not the container's (as docker run does).
+                    ExitCode::from(125)
+                }
+            };
+        }
+        Command::Ps { all, format } => cli::ps(&engine, all, format),
+        Command::Stop { time, containers } => containers.iter().try_for_each(|c| {
+            let meta = engine.stop(c, std::time::Duration::from_secs(time))?;
+            println!("{}", meta.name);
+            Ok(())
+        }),
+        Command::Rm { force, containers } => containers.iter().try_for_each(|c| {
+            let meta = engine.remove(c, force)?;
+            println!("{}", meta.name);
+            Ok(())
+        }),
+        Command::Logs { follow, container } => cli::logs(&engine, &container, follow),
+        Command::Exec {
+            detach,
+            env,
+            container,
+            command,
+        } => {
+            return match engine.exec(&container, command, env, detach) {
+                Ok(code) => ExitCode::from(u8::try_from(code.clamp(0, 255)).unwrap_or(255)),
+                Err(err) => {
+                    eprintln!("berth: {}", berth::error_chain(&err));
+                    ExitCode::from(125)
+                }
+            };
+        }
+        Command::Inspect { container } => engine.inspect(&container).and_then(|v| {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+            Ok(())
+        }),
+        Command::Image { command } => cli::image(&engine, command),
+        Command::Pull {
+            insecure,
+            reference,
+        } => cli::pull(&engine, &reference, insecure),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -101,8 +213,8 @@ fn run_status(args: StatusArgs) -> anyhow::Result<()> {
         Err(err) => return Err(err.into()),
     };
     match args.format {
-        Format::Table => print!("{}", status.render_table()),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&status)?),
+        StatusFormat::Table => print!("{}", status.render_table()),
+        StatusFormat::Json => println!("{}", serde_json::to_string_pretty(&status)?),
     }
     Ok(())
 }

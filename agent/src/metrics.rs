@@ -20,6 +20,8 @@ use crate::dataplane::{PinLayout, inspect::inspect};
 /// The agent's registry: build info, process metrics, and the data-plane collector.
 pub struct Metrics {
     registry: Registry,
+    /// Container lifecycle events reported by the daemonless runtime.
+    pub container_events: IntCounterVec,
 }
 
 impl Metrics {
@@ -51,7 +53,18 @@ impl Metrics {
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         registry.register(Box::new(DataplaneCollector::new(layout)?))?;
-        Ok(Self { registry })
+        let container_events = IntCounterVec::new(
+            Opts::new(
+                "berth_container_events_total",
+                "container lifecycle events reported by berth run/rm (start, exit, remove)",
+            ),
+            &["event"],
+        )?;
+        registry.register(Box::new(container_events.clone()))?;
+        Ok(Self {
+            registry,
+            container_events,
+        })
     }
 
     /// The text exposition (format 0.0.4).

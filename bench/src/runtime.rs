@@ -24,6 +24,13 @@ pub struct Args {
     /// Write the results as JSON here too.
     #[arg(long)]
     json: Option<PathBuf>,
+    /// Idle this long before each timed run, to measure isolated starts. Back to back, a runtime
+    /// inherits kernel state from the run before it: a move into a cgroup by pid (a write to
+    /// `cgroup.procs`) waits for an RCU grace period unless another such move happened within
+    /// about one grace period, so the runtimes that move by pid get cheaper when they follow
+    /// each other. 0 (the default) runs back to back.
+    #[arg(long, default_value_t = 0)]
+    pause_ms: u64,
 }
 
 struct Runtime {
@@ -73,6 +80,7 @@ pub fn run(args: &Args) -> Result<()> {
         let n = runtimes.len();
         for k in 0..n {
             let rt = &mut runtimes[(round + k) % n];
+            std::thread::sleep(std::time::Duration::from_millis(args.pause_ms));
             let ms = time_run(rt, tmp.path(), &bundle, &format!("b{round}"))?;
             rt.samples_ms.push(ms);
         }
@@ -83,8 +91,13 @@ pub fn run(args: &Args) -> Result<()> {
         .find(|r| r.name == "crun")
         .map(|r| median(&r.samples_ms));
     println!(
-        "\ncontainer run (create+start+wait+delete) of busybox /bin/true, {} interleaved rounds\n",
-        args.rounds
+        "\ncontainer run (create+start+wait+delete) of busybox /bin/true, {} interleaved rounds{}\n",
+        args.rounds,
+        if args.pause_ms > 0 {
+            format!(", {} ms idle before each run", args.pause_ms)
+        } else {
+            String::new()
+        }
     );
     println!("| runtime | median | p90 | min | vs crun (median) |");
     println!("|---|---|---|---|---|");

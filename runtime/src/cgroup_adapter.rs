@@ -33,10 +33,26 @@ impl Cgroup {
         self.0.apply(resources).map_err(|e| e.to_string())
     }
 
-    pub fn add_task(&self, pid: i32) -> Result<(), String> {
-        self.0
-            .add_task(Pid::from_raw(pid))
-            .map_err(|e| e.to_string())
+    /// The manager itself, for the container's init to join the cgroup from inside
+    /// ([`cgroups::Manager::join_self`]).
+    pub fn manager(&self) -> &Manager {
+        &self.0
+    }
+
+    /// The container's cgroup v2 directory, opened for `clone3(CLONE_INTO_CGROUP)`; `None` when
+    /// the host has no v2 hierarchy.
+    pub fn open_v2_dir(&self) -> Result<Option<std::os::fd::OwnedFd>, String> {
+        use nix::{fcntl::OFlag, sys::stat::Mode};
+        let Some(dir) = self.0.v2_dir() else {
+            return Ok(None);
+        };
+        nix::fcntl::open(
+            &dir,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .map(Some)
+        .map_err(|e| format!("opening {}: {e}", dir.display()))
     }
 
     pub fn pids(&self) -> Result<Vec<i32>, String> {

@@ -1,11 +1,12 @@
-//! `exec`: a new process inside a running container. The runtime forks a helper that joins the
-//! container's namespaces (user first, mount last), forks again so the process lands in the
-//! container's pid namespace, and joins the container's cgroup; the process then gets the same
-//! treatment as the container's init (capabilities, user, the container's seccomp profile).
+//! `exec`: a new process inside a running container. The runtime forks a helper (into the
+//! container's cgroup v2 directory when there is one) that joins the container's cgroups, then
+//! its namespaces (user first, mount last), and forks again so the process lands in the
+//! container's pid namespace; the process then gets the same treatment as the container's init
+//! (capabilities, user, the container's seccomp profile).
 
 use std::{
     os::{
-        fd::{AsRawFd, OwnedFd},
+        fd::{AsFd, AsRawFd, OwnedFd},
         unix::{fs::MetadataExt as _, net::UnixStream},
     },
     path::Path,
@@ -21,6 +22,7 @@ use oci_spec::runtime::Process;
 
 use crate::{
     cgroup_adapter::Cgroup,
+    clone::{self, Forked},
     container::{ExecOptions, Result, Runtime, RuntimeError, SignalForwarder},
     process,
     state::{self, Status},
@@ -112,12 +114,19 @@ pub fn exec(rt: &Runtime, id: &str, proc_spec: &Process, opts: &ExecOptions) -> 
     };
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
 
+    // The helper starts in the container's v2 cgroup and joins the v1 ones itself, as stage 1
+    // of `create` does (see `clone::fork_into`).
+    let cgroup_dir = cgroup.open_v2_dir().map_err(RuntimeError::Cgroup)?;
     // SAFETY: the runtime is single-threaded; see `Runtime::create`.
-    let helper = match unsafe { fork() }.map_err(|errno| RuntimeError::Sys {
-        op: "fork".into(),
-        errno,
-    })? {
-        ForkResult::Child => {
+    let helper = match unsafe { clone::fork_into(cgroup_dir.as_ref().map(AsFd::as_fd)) }.map_err(
+        |errno| RuntimeError::Sys {
+            op: "fork".into(),
+            errno,
+        },
+    )? {
+        Forked::Child { in_cgroup } => {
+            // A host cgroup directory has no business in the container's processes.
+            drop(cgroup_dir);
             drop(parent_chan);
             // The signal mask is inherited across fork and exec: give the process a clean one.
             if let Some(f) = &forwarder {
@@ -125,6 +134,7 @@ pub fn exec(rt: &Runtime, id: &str, proc_spec: &Process, opts: &ExecOptions) -> 
             }
             helper_main(
                 &child_chan,
+                (cgroup.manager(), in_cgroup),
                 &joins,
                 proc_spec,
                 seccomp.as_ref(),
@@ -132,20 +142,15 @@ pub fn exec(rt: &Runtime, id: &str, proc_spec: &Process, opts: &ExecOptions) -> 
                 opts.preserve_fds,
             )
         }
-        ForkResult::Parent { child } => child,
+        Forked::Parent { child } => child,
     };
+    drop(cgroup_dir);
     drop(child_chan);
     let exec_err = |message: String| RuntimeError::Start {
         id: id.to_owned(),
         message: format!("exec: {message}"),
     };
     let outcome = (|| -> std::result::Result<Pid, String> {
-        cgroup
-            .add_task(helper.as_raw())
-            .map_err(|e| format!("joining the cgroup: {e}"))?;
-        parent_chan
-            .send(&Msg::Continue)
-            .map_err(|e| e.to_string())?;
         match parent_chan.recv().map_err(|e| e.to_string())? {
             Msg::InitPid(pid) => Ok(Pid::from_raw(pid)),
             Msg::Error(e) => Err(e),
@@ -172,6 +177,7 @@ pub fn exec(rt: &Runtime, id: &str, proc_spec: &Process, opts: &ExecOptions) -> 
 
 fn helper_main(
     chan: &Channel,
+    (cgroup, in_cgroup): (&crate::cgroups::Manager, bool),
     joins: &[(OwnedFd, CloneFlags)],
     proc_spec: &Process,
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
@@ -183,8 +189,10 @@ fn helper_main(
         // SAFETY: _exit in a forked child, without the parent's atexit handlers.
         unsafe { libc::_exit(1) }
     };
-    if let Err(e) = chan.expect(&Msg::Continue) {
-        fail(e);
+    // The cgroup first, while the helper still has the host's privileges over cgroupfs (no user
+    // namespace joined yet); everything it forks inherits it.
+    if let Err(e) = cgroup.join_self(in_cgroup) {
+        fail(format!("joining the cgroup: {e}"));
     }
     for (fd, flag) in joins {
         if let Err(e) = setns(fd, *flag) {

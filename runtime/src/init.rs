@@ -1,9 +1,10 @@
 //! The container's first processes, forked by `create`.
 //!
-//! Stage 1 (a plain fork of the runtime): joins the namespaces given by path while it still has
-//! the host's privileges, unshares a user namespace and waits for the parent to write its id
-//! maps, unshares the other new namespaces, and forks stage 2, which is pid 1 of a new pid
-//! namespace. Stage 1 reports stage 2's pid and exits.
+//! Stage 1 (a fork of the runtime, created in the container's cgroup v2 directory when there is
+//! one): joins the container's cgroups itself (see `Manager::join_self`) and the namespaces
+//! given by path while it still has the host's privileges, unshares a user namespace and waits
+//! for the parent to write its id maps, unshares the other new namespaces, and forks stage 2,
+//! which is pid 1 of a new pid namespace. Stage 1 reports stage 2's pid and exits.
 //!
 //! Stage 2 (the container's init): unshares the cgroup namespace (now that it sits in its own
 //! cgroup), builds the root filesystem, lets the parent run the prestart/createRuntime hooks,
@@ -40,6 +41,8 @@ use crate::{
 pub struct InitConfig<'a> {
     pub spec: &'a Spec,
     pub rootfs: &'a Path,
+    /// The container's cgroup, which stage 1 joins first thing.
+    pub cgroup: &'a crate::cgroups::Manager,
     pub cgroups_path: &'a str,
     /// Connected console socket (when process.terminal).
     pub console: Option<RawFd>,
@@ -57,9 +60,10 @@ fn fail(chan: &Channel, message: String) -> ! {
     unsafe { libc::_exit(1) }
 }
 
-/// Stage 1. Never returns.
-pub fn stage1(chan: &Channel, cfg: &InitConfig<'_>) -> ! {
-    if let Err(message) = stage1_inner(chan, cfg) {
+/// Stage 1. Never returns. `in_cgroup`: it was created in the container's cgroup v2 directory
+/// (see [`crate::cgroups::Manager::join_self`]).
+pub fn stage1(chan: &Channel, cfg: &InitConfig<'_>, in_cgroup: bool) -> ! {
+    if let Err(message) = stage1_inner(chan, cfg, in_cgroup) {
         fail(chan, message);
     }
     // SAFETY: see `fail`.
@@ -86,8 +90,14 @@ fn join(path: &Path, typ: LinuxNamespaceType) -> Result<(), String> {
         .map_err(|e| format!("joining {} namespace {}: {e}", typ, path.display()))
 }
 
-fn stage1_inner(chan: &Channel, cfg: &InitConfig<'_>) -> Result<(), String> {
-    chan.expect(&Msg::Continue)?;
+fn stage1_inner(chan: &Channel, cfg: &InitConfig<'_>, in_cgroup: bool) -> Result<(), String> {
+    // Join the container's cgroup before anything else: everything stage 1 forks inherits it,
+    // and it still has the host's privileges over cgroupfs (no user namespace joined yet). The
+    // process moves itself, single-threaded as a fork of the runtime: that spares the kernel's
+    // RCU grace period a move by pid costs (see `Manager::join_self`).
+    cfg.cgroup
+        .join_self(in_cgroup)
+        .map_err(|e| format!("joining the cgroup: {e}"))?;
     let nss = namespaces(cfg.spec);
     // Join by path: the user namespace first (it decides what the others may do).
     for (typ, path) in nss.iter().filter(|(t, _)| *t == LinuxNamespaceType::User) {

@@ -13,11 +13,13 @@ pub mod cgroups;
 pub mod seccomp;
 
 mod cgroup_adapter;
+mod clone;
 pub mod container;
 mod exec;
 pub mod fsutil;
 pub mod hooks;
 pub mod init;
+mod poll;
 pub mod process;
 pub mod rootfs;
 pub mod spec;

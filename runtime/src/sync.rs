@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 /// What the parent and the children tell each other.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub enum Msg {
-    /// Parent → child: go on (cgroup joined, id maps written, hooks run...).
+    /// Parent → child: go on (id maps written, hooks run...).
     Continue,
     /// Stage-1 child → parent: write my uid/gid maps (I just unshared a user namespace).
     MapIds,

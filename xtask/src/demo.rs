@@ -74,6 +74,8 @@ pub fn run(keep: bool) -> Result<()> {
     )?;
     show_metrics()?;
 
+    containers(&berth)?;
+
     step("kill -9 the agent: the pinned data plane keeps running without it");
     agent.kill()?;
     sh::run(
@@ -107,6 +109,99 @@ pub fn run(keep: bool) -> Result<()> {
     sh::run(&berth, &["agent", "--cleanup"])?;
     sh::run(&berth, &["status"])?;
     println!("\ndemo complete");
+    Ok(())
+}
+
+/// The runtime: a busybox image imported from a rootfs tarball, a foreground container, a
+/// detached one with limits and labels, exec into it, and its record in the data plane.
+fn containers(berth: &str) -> Result<()> {
+    step("containers: import a busybox image (rootfs tarball) into berth's image store");
+    let tmp = std::env::temp_dir().join(format!("berth-demo-{}", std::process::id()));
+    let bin = tmp.join("rootfs/bin");
+    std::fs::create_dir_all(&bin)?;
+    std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
+    for applet in ["sh", "echo", "id", "hostname", "cat", "sleep", "ps"] {
+        let link = bin.join(applet);
+        if !link.exists() {
+            std::os::unix::fs::symlink("busybox", link)?;
+        }
+    }
+    let tar = tmp.join("rootfs.tar");
+    sh::run(
+        "tar",
+        &[
+            "-C",
+            &tmp.join("rootfs").display().to_string(),
+            "-cf",
+            &tar.display().to_string(),
+            ".",
+        ],
+    )?;
+    sh::run(
+        berth,
+        &[
+            "image",
+            "import",
+            &tar.display().to_string(),
+            "demo/busybox:latest",
+        ],
+    )?;
+    sh::run(berth, &["image", "ls"])?;
+    let _ = std::fs::remove_dir_all(&tmp);
+
+    step("berth run: a foreground container (its exit code is berth's)");
+    sh::run(
+        berth,
+        &[
+            "run",
+            "--rm",
+            "demo/busybox",
+            "/bin/sh",
+            "-c",
+            "echo hello from a berth container: $(hostname), $(id)",
+        ],
+    )?;
+
+    step(
+        "berth run -d: a detached container with a label and limits (Docker's default seccomp profile and capabilities)",
+    );
+    let _ = Command::new(berth)
+        .args(["rm", "-f", "demo-web"])
+        .stderr(Stdio::null())
+        .output();
+    sh::run(
+        berth,
+        &[
+            "run",
+            "-d",
+            "--name",
+            "demo-web",
+            "--label",
+            "app=web",
+            "--memory",
+            "64m",
+            "--pids",
+            "64",
+            "demo/busybox",
+            "/bin/sh",
+            "-c",
+            "while true; do sleep 1; done",
+        ],
+    )?;
+    sh::run(berth, &["ps"])?;
+    sh::run(
+        berth,
+        &[
+            "exec",
+            "demo-web",
+            "/bin/sh",
+            "-c",
+            "echo memory limit: $(cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes); grep -E 'Seccomp:|CapBnd' /proc/self/status",
+        ],
+    )?;
+    step("the container's record in the data plane (CONTAINERS, keyed by its cgroup id)");
+    sh::run(berth, &["status"])?;
+    sh::run(berth, &["rm", "-f", "demo-web"])?;
     Ok(())
 }
 

@@ -32,6 +32,15 @@ enum Command {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
+    /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc.
+    Bench {
+        /// Which benchmark.
+        #[arg(default_value = "runtime")]
+        name: String,
+        /// Rounds (each runs every contender once).
+        #[arg(long, default_value_t = 60)]
+        rounds: usize,
+    },
     /// Run the demo: agent, status, traffic through the XDP program, metrics, restart, cleanup.
     Demo {
         /// Leave the agent running and the demo namespace in place at the end.
@@ -47,6 +56,31 @@ fn main() -> Result<()> {
         Command::Test { no_lint, filter } => {
             setup::run()?;
             test(!no_lint, filter.as_deref())
+        }
+        Command::Bench { name, rounds } => {
+            setup::run()?;
+            sh::run(
+                "cargo",
+                &[
+                    "build",
+                    "--release",
+                    "--package",
+                    "berth",
+                    "--package",
+                    "berth-bench",
+                ],
+            )?;
+            let rounds = rounds.to_string();
+            sh::run(
+                "target/release/berth-bench",
+                &[
+                    &name,
+                    "--berth-runc",
+                    "target/release/berth-runc",
+                    "--rounds",
+                    &rounds,
+                ],
+            )
         }
         Command::Demo { keep } => {
             setup::run()?;

@@ -5,6 +5,7 @@
 //! `kill -9`), and an existing pinned link is switched to the newly loaded program with
 //! `BPF_LINK_UPDATE`, an atomic swap, so traffic never sees the interface without a program.
 
+pub mod containers;
 pub mod inspect;
 pub mod pins;
 

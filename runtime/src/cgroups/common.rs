@@ -243,11 +243,16 @@ pub(crate) fn kill_all(
 }
 
 /// The shared `destroy`: kill what is left, wait for it to go, remove `dirs` (leaf cgroups).
-pub(crate) fn destroy(m: &dyn CgroupManager, dirs: &[PathBuf]) -> Result<()> {
+/// `events` is the cgroup's v2 `cgroup.events`, whose `populated 0` ends the wait at once.
+pub(crate) fn destroy(
+    m: &dyn CgroupManager,
+    dirs: &[PathBuf],
+    events: Option<&Path>,
+) -> Result<()> {
     if !m.pids()?.is_empty() {
         m.kill_all(Signal::SIGKILL)?;
         let mut left = Vec::new();
-        let gone = fs::wait_until(KILL_TIMEOUT, || {
+        let gone = fs::wait_until_woken(KILL_TIMEOUT, events, || {
             left = m.pids()?;
             Ok(left.is_empty())
         })?;

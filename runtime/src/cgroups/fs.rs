@@ -4,6 +4,7 @@
 use std::collections::BTreeSet;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -129,6 +130,14 @@ const RMDIR_ATTEMPTS: u32 = 40;
 /// with EBUSY while a process (or a dying one) is still inside, so EBUSY is retried with a growing
 /// pause, about 3 s in total. A directory that is already gone is not an error.
 pub(crate) fn rmdir_all(dir: &Path) -> Result<()> {
+    // A container's cgroup rarely has children: try the rmdir alone first and list the
+    // directory only when it fails (EBUSY for children or tasks; any other error comes back
+    // below with its path).
+    match fs::remove_dir(dir) {
+        Ok(()) => return Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(_) => {}
+    }
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -210,20 +219,110 @@ pub(crate) fn add_proc(dir: &Path, pid: Pid) -> Result<()> {
 }
 
 /// Polls `done` until it returns true or `timeout` passes; the pause grows from 1 ms to 20 ms.
-pub(crate) fn wait_until(
+pub(crate) fn wait_until(timeout: Duration, done: impl FnMut() -> Result<bool>) -> Result<bool> {
+    wait_until_woken(timeout, None, done)
+}
+
+/// [`wait_until`], where each pause also ends as soon as the kernel reports a change in `events`,
+/// a cgroup v2 `cgroup.events` (`populated` and `frozen` live there): the wait for a cgroup to
+/// empty or freeze then ends when it happens instead of at the next multiple of the pause. The
+/// pauses stay as a bound for what the file does not announce (a v1 hierarchy's tasks). A file
+/// that cannot be opened or read leaves the plain pauses.
+pub(crate) fn wait_until_woken(
     timeout: Duration,
+    events: Option<&Path>,
     mut done: impl FnMut() -> Result<bool>,
 ) -> Result<bool> {
+    let mut events = events.and_then(|path| fs::File::open(path).ok());
     let start = Instant::now();
     let mut pause = Duration::from_millis(1);
     loop {
+        // kernfs flags POLLPRI for a change made after this file's last read: reading before
+        // `done` means a change between `done` and the poll still ends the poll at once.
+        if let Some(file) = &events
+            && file.read_at(&mut [0u8; 256], 0).is_err()
+        {
+            events = None;
+        }
         if done()? {
             return Ok(true);
         }
-        if start.elapsed() >= timeout {
+        let elapsed = start.elapsed();
+        if elapsed >= timeout {
             return Ok(false);
         }
-        thread::sleep(pause);
+        let wait = pause.min(timeout - elapsed);
+        match &events {
+            Some(file) => wait_for_priority_event(file, wait),
+            None => thread::sleep(wait),
+        }
         pause = (pause * 2).min(Duration::from_millis(20));
+    }
+}
+
+/// Blocks until `file` reports POLLPRI (or POLLERR), at most `wait`; an interrupted poll just
+/// returns early, the caller re-checks.
+fn wait_for_priority_event(file: &fs::File, wait: Duration) {
+    use std::os::fd::AsFd as _;
+    let _ = crate::poll::poll_one(file.as_fd(), libc::POLLPRI, wait);
+}
+
+#[cfg(test)]
+#[expect(clippy::unwrap_used, reason = "a failed unwrap is a failed test")]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rmdir_all_removes_nested_cgroups_and_accepts_a_missing_one() {
+        let tmp = tempfile::tempdir().unwrap();
+        let leaf = tmp.path().join("c1");
+        fs::create_dir_all(leaf.join("sub/deeper")).unwrap();
+        fs::create_dir_all(leaf.join("other")).unwrap();
+        rmdir_all(&leaf).unwrap();
+        assert!(!leaf.exists());
+        rmdir_all(&leaf).unwrap();
+        // A directory that cannot be removed is an error naming it.
+        let busy = tmp.path().join("c2");
+        fs::create_dir(&busy).unwrap();
+        fs::write(busy.join("not-an-interface-file"), "").unwrap();
+        let err = rmdir_all(&busy).unwrap_err();
+        assert!(matches!(err, Error::Rmdir { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn woken_wait_checks_until_done_or_timeout() {
+        let tmp = tempfile::tempdir().unwrap();
+        let events = tmp.path().join("cgroup.events");
+        fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        // A regular file never reports POLLPRI: the pauses alone pace the checks.
+        let mut checks = 0;
+        let done = wait_until_woken(Duration::from_secs(60), Some(&events), || {
+            checks += 1;
+            Ok(checks == 3)
+        })
+        .unwrap();
+        assert!(done);
+        assert_eq!(checks, 3);
+        // Never done: false once the timeout passes, after at least one check.
+        checks = 0;
+        let done = wait_until_woken(Duration::from_millis(5), Some(&events), || {
+            checks += 1;
+            Ok(false)
+        })
+        .unwrap();
+        assert!(!done);
+        assert!(checks >= 1);
+        // No events file (a cgroup already gone): plain pauses, same answers.
+        let missing = tmp.path().join("gone/cgroup.events");
+        assert!(wait_until_woken(Duration::from_secs(60), Some(&missing), || Ok(true)).unwrap());
+        // An error from the check is returned as is.
+        let err = wait_until(Duration::from_secs(60), || {
+            Err(Error::Parse {
+                path: events.clone(),
+                content: "x".into(),
+            })
+        })
+        .unwrap_err();
+        assert!(matches!(err, Error::Parse { .. }), "{err:?}");
     }
 }

@@ -68,7 +68,7 @@ impl V1Manager {
     }
 
     /// The container's directory in the unified hierarchy.
-    fn unified_dir(&self) -> Option<PathBuf> {
+    pub(crate) fn unified_dir(&self) -> Option<PathBuf> {
         self.unified.as_ref().map(|u| u.join(&self.rel))
     }
 
@@ -77,13 +77,17 @@ impl V1Manager {
         self.mounts.values().collect()
     }
 
-    /// The container's directory in every v1 hierarchy, then in the unified one.
-    pub(crate) fn all_dirs(&self) -> Vec<PathBuf> {
-        let mut dirs: Vec<PathBuf> = self
-            .mount_points()
+    /// The container's directory in every v1 hierarchy (one per mount point).
+    pub(crate) fn v1_dirs(&self) -> Vec<PathBuf> {
+        self.mount_points()
             .into_iter()
             .map(|m| m.join(&self.rel))
-            .collect();
+            .collect()
+    }
+
+    /// The container's directory in every v1 hierarchy, then in the unified one.
+    pub(crate) fn all_dirs(&self) -> Vec<PathBuf> {
+        let mut dirs = self.v1_dirs();
         dirs.extend(self.unified_dir());
         dirs
     }
@@ -189,7 +193,8 @@ impl CgroupManager for V1Manager {
     }
 
     fn destroy(&self) -> Result<()> {
-        common::destroy(self, &self.all_dirs())
+        let events = self.unified_dir().map(|d| d.join("cgroup.events"));
+        common::destroy(self, &self.all_dirs(), events.as_deref())
     }
 
     fn stats(&self) -> Result<Stats> {
@@ -309,6 +314,35 @@ mod tests {
             m.cgroup_id(),
             Some(std::fs::metadata(unified).unwrap().ino())
         );
+    }
+
+    #[test]
+    fn join_self_moves_the_caller_through_tasks_and_unified_procs() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let m = Manager::new(fake_v1(root, "c1", true), "", "c1").unwrap();
+        let unified = root.join("unified/berth/c1");
+        assert_eq!(m.v2_dir(), Some(unified.clone()));
+        // Cloned into the unified cgroup already: only the v1 `tasks` files are written, with
+        // "0" (the calling thread), never a pid to `cgroup.procs`.
+        m.join_self(true).unwrap();
+        for d in m.dirs() {
+            let (tasks, procs) = (read(d.join("tasks")), read(d.join("cgroup.procs")));
+            if d == unified {
+                assert_eq!((tasks.as_str(), procs.as_str()), ("", ""));
+            } else {
+                assert_eq!(
+                    (tasks.as_str(), procs.as_str()),
+                    ("0", ""),
+                    "{}",
+                    d.display()
+                );
+            }
+        }
+        // Not cloned into it (no clone3): the unified cgroup is joined through cgroup.procs.
+        m.join_self(false).unwrap();
+        assert_eq!(read(unified.join("cgroup.procs")), "0");
+        assert_eq!(read(unified.join("tasks")), "");
     }
 
     #[test]

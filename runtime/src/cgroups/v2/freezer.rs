@@ -23,7 +23,8 @@ pub(crate) fn set(dir: &Path, target: FreezerState, timeout: Duration) -> Result
         FreezerState::Thawed => ("0", false, "thawed"),
     };
     fs::write("freezer", dir, "cgroup.freeze", value)?;
-    if fs::wait_until(timeout, || Ok(frozen(dir)? == want_frozen))? {
+    let events = dir.join("cgroup.events");
+    if fs::wait_until_woken(timeout, Some(&events), || Ok(frozen(dir)? == want_frozen))? {
         return Ok(());
     }
     if want_frozen {

@@ -149,7 +149,11 @@ impl CgroupManager for V2Manager {
     }
 
     fn destroy(&self) -> Result<()> {
-        common::destroy(self, std::slice::from_ref(&self.dir))
+        common::destroy(
+            self,
+            std::slice::from_ref(&self.dir),
+            Some(&self.dir.join("cgroup.events")),
+        )
     }
 
     fn stats(&self) -> Result<Stats> {
@@ -210,6 +214,18 @@ mod tests {
         assert_eq!(read(leaf.join("cpuset.cpus")), "0");
         assert_eq!(read(leaf.join("cpuset.mems")), "0");
         assert_eq!(read(leaf.join("pids.max")), "32");
+    }
+
+    #[test]
+    fn join_self_writes_procs_only_when_not_cloned_into_the_cgroup() {
+        let tmp = tempfile::tempdir().unwrap();
+        let leaf = fake_v2(tmp.path(), "c1", "cpu pids\n");
+        let m = manager(tmp.path(), "c1");
+        assert_eq!(m.v2_dir(), Some(leaf.clone()));
+        m.join_self(true).unwrap();
+        assert_eq!(read(leaf.join("cgroup.procs")), "");
+        m.join_self(false).unwrap();
+        assert_eq!(read(leaf.join("cgroup.procs")), "0");
     }
 
     #[test]
