@@ -210,19 +210,12 @@ fn helper_main(
         Ok(ForkResult::Child) => {}
     }
     let result = (|| -> std::result::Result<std::convert::Infallible, String> {
-        if proc_spec.terminal().unwrap_or(false) {
-            let console =
-                console.ok_or("process.terminal is set but no --console-socket was given")?;
-            crate::tty::setup_console(console.as_raw_fd()).map_err(|e| e.to_string())?;
-        }
-        process::set_rlimits(proc_spec).map_err(|e| e.to_string())?;
-        process::set_oom_score_adj(proc_spec).map_err(|e| e.to_string())?;
-        let env = process::environment(proc_spec, Path::new("/etc/passwd"));
-        let args = proc_spec.args().clone().unwrap_or_default();
-        let cwd = proc_spec.cwd().clone();
-        let program = args.first().cloned().unwrap_or_default();
-        let exe = process::resolve_executable(&program, &env, Path::new("/"), &cwd)
-            .map_err(|e| e.to_string())?;
+        let process::Prepared {
+            exe,
+            args,
+            env,
+            cwd,
+        } = process::prepare(proc_spec, console.map(|c| c.as_raw_fd()))?;
         let loader = |p: &oci_spec::runtime::LinuxSeccomp| {
             crate::seccomp::load(p).map_err(|e| e.to_string())
         };

@@ -210,21 +210,12 @@ fn stage2_inner(chan: &Channel, cfg: &InitConfig<'_>, userns: bool) -> Result<Ne
         .process()
         .as_ref()
         .ok_or_else(|| "config.json: process missing".to_owned())?;
-    if proc_spec.terminal().unwrap_or(false) {
-        let console = cfg.console.ok_or_else(|| {
-            "process.terminal is set but no --console-socket was given".to_owned()
-        })?;
-        crate::tty::setup_console(console).map_err(|e| e.to_string())?;
-    }
-    process::set_rlimits(proc_spec).map_err(|e| e.to_string())?;
-    process::set_oom_score_adj(proc_spec).map_err(|e| e.to_string())?;
-
-    let env = process::environment(proc_spec, Path::new("/etc/passwd"));
-    let args = proc_spec.args().clone().unwrap_or_default();
-    let cwd = proc_spec.cwd().clone();
-    let program = args.first().cloned().unwrap_or_default();
-    let exe = process::resolve_executable(&program, &env, Path::new("/"), &cwd)
-        .map_err(|e| e.to_string())?;
+    let process::Prepared {
+        exe,
+        args,
+        env,
+        cwd,
+    } = process::prepare(proc_spec, cfg.console)?;
 
     let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().as_ref());
     let loader = |profile: &oci_spec::runtime::LinuxSeccomp| {

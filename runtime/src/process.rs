@@ -38,6 +38,61 @@ pub enum ProcessError {
 
 type Result<T> = std::result::Result<T, ProcessError>;
 
+/// The capabilities Docker and Podman's Docker-compatible defaults give a container (moby
+/// `oci/caps/defaults.go`); CAP_SYS_ADMIN is not among them.
+pub const DEFAULT_CAPABILITIES: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// What execve needs, prepared in the container: the resolved program, argv, environment
+/// (HOME added from the container's /etc/passwd) and working directory.
+pub struct Prepared {
+    pub exe: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: PathBuf,
+}
+
+/// The steps the container's init and an `exec`'d process share before their identity is set:
+/// the console (when `process.terminal`), rlimits, the OOM score, and the program lookup in the
+/// container's PATH. Runs inside the container (after pivot_root / setns).
+pub fn prepare(
+    process: &Process,
+    console: Option<std::os::fd::RawFd>,
+) -> std::result::Result<Prepared, String> {
+    if process.terminal().unwrap_or(false) {
+        let console = console.ok_or("process.terminal is set but no --console-socket was given")?;
+        crate::tty::setup_console(console).map_err(|e| e.to_string())?;
+    }
+    set_rlimits(process).map_err(|e| e.to_string())?;
+    set_oom_score_adj(process).map_err(|e| e.to_string())?;
+    let env = environment(process, Path::new("/etc/passwd"));
+    let args = process.args().clone().unwrap_or_default();
+    let cwd = process.cwd().clone();
+    let program = args.first().cloned().unwrap_or_default();
+    let exe =
+        resolve_executable(&program, &env, Path::new("/"), &cwd).map_err(|e| e.to_string())?;
+    Ok(Prepared {
+        exe,
+        args,
+        env,
+        cwd,
+    })
+}
+
 fn sys(op: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> ProcessError {
     let op = op.into();
     move |errno| ProcessError::Sys { op, errno }

@@ -11,23 +11,8 @@ use berth_image::ImageConfig;
 use oci_spec::runtime::Spec;
 use serde_json::json;
 
-/// Docker's default capabilities (moby `oci/caps/defaults.go`).
-pub const DEFAULT_CAPABILITIES: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+/// Docker's default capabilities.
+pub use berth_runtime::process::DEFAULT_CAPABILITIES;
 
 /// Paths Docker masks (bind /dev/null or an empty read-only tmpfs over them).
 pub const MASKED_PATHS: [&str; 11] = [

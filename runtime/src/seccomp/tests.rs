@@ -661,22 +661,7 @@ fn load_without_no_new_privs_or_cap_sys_admin_fails_with_a_hint() {
 }
 
 /// Docker's default capabilities, which do not include CAP_SYS_ADMIN.
-const DOCKER_CAPS: &[&str] = &[
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
-];
+const DOCKER_CAPS: &[&str] = &crate::process::DEFAULT_CAPABILITIES;
 
 #[test]
 fn default_profile_blocks_namespaces_and_mounts_but_runs_ordinary_programs() {
