@@ -177,3 +177,12 @@ impl Drop for TestBundle {
         }
     }
 }
+
+/// A cgroup limit from a checker report, whichever hierarchy the host has: the v2 file
+/// (`memory.max`) or the v1 one (`memory/memory.limit_in_bytes`).
+pub fn cgroup_limit<'a>(report: &'a Value, v2_file: &str, v1_file: &str) -> Option<&'a str> {
+    let cg = &report["cgroup"];
+    cg[format!("/sys/fs/cgroup/{v2_file}").as_str()]
+        .as_str()
+        .or(cg[format!("/sys/fs/cgroup/{v1_file}").as_str()].as_str())
+}

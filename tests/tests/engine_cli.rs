@@ -9,7 +9,11 @@ use std::{
 
 use aya::maps::{HashMap, Map, MapData};
 use berth_common::ContainerRecord;
-use berth_tests::{agent::berth_bin, bundle::checker_bin, privileged::require_root};
+use berth_tests::{
+    agent::berth_bin,
+    bundle::{cgroup_limit, checker_bin},
+    privileged::require_root,
+};
 use serde_json::Value;
 
 /// A private engine: state, runtime root and pin root of its own, removed on drop.
@@ -199,13 +203,9 @@ fn detached_container_is_limited_recorded_and_removed() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).expect("report");
     let cg = &report["cgroup"];
-    let memory = cg["/sys/fs/cgroup/memory.max"]
-        .as_str()
-        .or(cg["/sys/fs/cgroup/memory/memory.limit_in_bytes"].as_str());
+    let memory = cgroup_limit(&report, "memory.max", "memory/memory.limit_in_bytes");
     assert_eq!(memory, Some("67108864"), "{cg}");
-    let pids = cg["/sys/fs/cgroup/pids.max"]
-        .as_str()
-        .or(cg["/sys/fs/cgroup/pids/pids.max"].as_str());
+    let pids = cgroup_limit(&report, "pids.max", "pids/pids.max");
     assert_eq!(pids, Some("40"));
     assert_eq!(report["seccomp"], "2", "Docker's default profile is on");
     assert_eq!(

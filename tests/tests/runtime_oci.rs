@@ -3,7 +3,10 @@
 
 use std::{process::Command, time::Duration};
 
-use berth_tests::{bundle::TestBundle, privileged::require_root};
+use berth_tests::{
+    bundle::{TestBundle, cgroup_limit},
+    privileged::require_root,
+};
 use serde_json::{Value, json};
 
 fn cap_bits(names: &[u32]) -> String {
@@ -95,13 +98,9 @@ fn the_container_sees_what_its_spec_says() {
     // cgroup limits, read through the container's own /sys/fs/cgroup (v1 on this host, v2 on
     // pure v2 hosts).
     let cg = &report["cgroup"];
-    let memory = cg["/sys/fs/cgroup/memory.max"]
-        .as_str()
-        .or(cg["/sys/fs/cgroup/memory/memory.limit_in_bytes"].as_str());
+    let memory = cgroup_limit(&report, "memory.max", "memory/memory.limit_in_bytes");
     assert_eq!(memory, Some("67108864"), "{cg}");
-    let pids = cg["/sys/fs/cgroup/pids.max"]
-        .as_str()
-        .or(cg["/sys/fs/cgroup/pids/pids.max"].as_str());
+    let pids = cgroup_limit(&report, "pids.max", "pids/pids.max");
     assert_eq!(pids, Some("32"), "{cg}");
     let quota = cg["/sys/fs/cgroup/cpu.max"]
         .as_str()
