@@ -131,16 +131,10 @@ fn main() -> ExitCode {
             };
         }
         Command::Ps { all, format } => cli::ps(&engine, all, format),
-        Command::Stop { time, containers } => containers.iter().try_for_each(|c| {
-            let meta = engine.stop(c, std::time::Duration::from_secs(time))?;
-            println!("{}", meta.name);
-            Ok(())
+        Command::Stop { time, containers } => each(&containers, |c| {
+            engine.stop(c, std::time::Duration::from_secs(time))
         }),
-        Command::Rm { force, containers } => containers.iter().try_for_each(|c| {
-            let meta = engine.remove(c, force)?;
-            println!("{}", meta.name);
-            Ok(())
-        }),
+        Command::Rm { force, containers } => each(&containers, |c| engine.remove(c, force)),
         Command::Logs { follow, container } => cli::logs(&engine, &container, follow),
         Command::Exec {
             detach,
@@ -173,6 +167,28 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Applies `op` to every container named (as docker does, one failure does not stop the rest),
+/// printing each name done and each error; fails if any failed.
+fn each(
+    containers: &[String],
+    op: impl Fn(&str) -> anyhow::Result<berth::engine::ContainerMeta>,
+) -> anyhow::Result<()> {
+    let mut failed = 0;
+    for c in containers {
+        match op(c) {
+            Ok(meta) => println!("{}", meta.name),
+            Err(err) => {
+                eprintln!("berth: {c}: {}", berth::error_chain(&err));
+                failed += 1;
+            }
+        }
+    }
+    if failed > 0 {
+        anyhow::bail!("{failed} of {} containers failed", containers.len());
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

@@ -259,8 +259,15 @@ fn detached_container_is_limited_recorded_and_removed() {
     assert_eq!(list[0]["status"], "Exited (137)");
 
     let root = env.dir.path().join("root");
-    let out = env.berth(&["rm", "web"]);
-    assert!(out.status.success(), "{}", text(&out.stderr));
+    // One unknown name does not stop the others (docker's behaviour), but fails the command.
+    let out = env.berth(&["rm", "no-such-container", "web"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("no such container: no-such-container"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout).trim(), "web");
     assert!(
         env.map_entry(cgroup_id).is_none(),
         "record removed with the container"
