@@ -69,6 +69,19 @@ pub(crate) fn cpu_quota(quota: Option<i64>, file: &'static str) -> Result<Option
 
 /// runc's cgroup v1 shares (2..=262144) → v2 weight (1..=10000) conversion:
 /// `1 + ((shares - 2) * 9999) / 262142`, with shares clamped to the v1 range first.
+/// Whether `linux.resources.cpu` asks for anything (the same rule on v1 and v2).
+pub(crate) fn cpu_needed(r: &LinuxResources) -> bool {
+    r.cpu().as_ref().is_some_and(|c| {
+        c.shares().is_some_and(|s| s != 0)
+            || c.quota().is_some_and(|q| q != 0)
+            || c.period().is_some_and(|p| p != 0)
+            || c.burst().is_some()
+            || c.idle().is_some()
+            || c.realtime_runtime().is_some_and(|v| v != 0)
+            || c.realtime_period().is_some_and(|v| v != 0)
+    })
+}
+
 pub(crate) fn shares_to_weight(shares: u64) -> u64 {
     let shares = shares.clamp(2, 262_144);
     1 + ((shares - 2) * 9999) / 262_142

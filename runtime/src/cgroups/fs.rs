@@ -138,15 +138,8 @@ pub(crate) fn rmdir_all(dir: &Path) -> Result<()> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
         Err(_) => {}
     }
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(Error::ReadDir {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
+    let Some(entries) = read_dir_if_present(dir)? else {
+        return Ok(());
     };
     for entry in entries {
         let entry = entry.map_err(|source| Error::ReadDir {
@@ -195,15 +188,8 @@ pub(crate) fn collect_procs(dir: &Path, out: &mut BTreeSet<i32>) -> Result<()> {
         })?;
         out.insert(pid);
     }
-    let entries = match fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(source) => {
-            return Err(Error::ReadDir {
-                path: dir.to_path_buf(),
-                source,
-            });
-        }
+    let Some(entries) = read_dir_if_present(dir)? else {
+        return Ok(());
     };
     for entry in entries.flatten() {
         if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
@@ -265,6 +251,18 @@ pub(crate) fn wait_until_woken(
 fn wait_for_priority_event(file: &fs::File, wait: Duration) {
     use std::os::fd::AsFd as _;
     let _ = crate::poll::poll_one(file.as_fd(), libc::POLLPRI, wait);
+}
+
+/// `read_dir`, with a directory that is already gone as `None` (cgroups vanish concurrently).
+fn read_dir_if_present(dir: &Path) -> Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(entries) => Ok(Some(entries)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(source) => Err(Error::ReadDir {
+            path: dir.to_path_buf(),
+            source,
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -44,6 +44,7 @@ mod detect;
 mod error;
 mod fs;
 mod path;
+mod pids;
 mod v1;
 mod v2;
 

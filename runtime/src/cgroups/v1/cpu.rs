@@ -18,15 +18,7 @@ impl Controller for Cpu {
     const NAME: &'static str = "cpu";
 
     fn needed(r: &LinuxResources) -> bool {
-        r.cpu().as_ref().is_some_and(|c| {
-            c.shares().is_some_and(|s| s != 0)
-                || c.quota().is_some_and(|q| q != 0)
-                || c.period().is_some_and(|p| p != 0)
-                || c.burst().is_some()
-                || c.idle().is_some()
-                || c.realtime_runtime().is_some_and(|v| v != 0)
-                || c.realtime_period().is_some_and(|v| v != 0)
-        })
+        crate::cgroups::common::cpu_needed(r)
     }
 
     fn apply(dir: &Path, r: &LinuxResources) -> Result<()> {

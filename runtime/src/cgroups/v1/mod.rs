@@ -7,7 +7,6 @@ pub(crate) mod cpuset;
 pub(crate) mod devices;
 pub(crate) mod freezer;
 pub(crate) mod memory;
-pub(crate) mod pids;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -160,7 +159,7 @@ impl CgroupManager for V1Manager {
         self.apply_controller::<cpuset::Cpuset>(r)?;
         self.apply_controller::<cpu::Cpu>(r)?;
         self.apply_controller::<memory::Memory>(r)?;
-        self.apply_controller::<pids::Pids>(r)?;
+        self.apply_controller::<crate::cgroups::pids::Pids>(r)?;
         self.apply_controller::<devices::Devices>(r)?;
         Ok(())
     }

@@ -4,7 +4,6 @@ pub(crate) mod cpu;
 pub(crate) mod cpuset;
 pub(crate) mod freezer;
 pub(crate) mod memory;
-pub(crate) mod pids;
 pub(crate) mod unified;
 
 use std::path::{Path, PathBuf};
@@ -121,7 +120,7 @@ impl CgroupManager for V2Manager {
         apply_controller::<cpuset::Cpuset>(&self.dir, &available, r)?;
         apply_controller::<cpu::Cpu>(&self.dir, &available, r)?;
         apply_controller::<memory::Memory>(&self.dir, &available, r)?;
-        apply_controller::<pids::Pids>(&self.dir, &available, r)?;
+        apply_controller::<crate::cgroups::pids::Pids>(&self.dir, &available, r)?;
         if let Some(map) = r.unified() {
             unified::apply(&self.dir, &available, map)?;
         }

@@ -1,4 +1,4 @@
-//! v2 `pids`: `pids.max` (same file and format on v1).
+//! `pids`: `pids.max`, the same file and format on cgroup v1 and v2.
 
 use std::path::Path;
 
