@@ -13,9 +13,41 @@ use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 use crate::{
     api::{self, ApiState},
     config::AgentConfig,
-    dataplane::{self, Dataplane, PinLayout},
+    dataplane::{self, Dataplane, PinLayout, lb::CtTimeouts},
     metrics::Metrics,
+    services::ServiceStore,
 };
+
+/// How often the agent re-reads node addresses and collects idle conntrack entries.
+const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Periodic work: node addresses (NodePort addresses follow interface changes) and conntrack GC.
+async fn housekeeping(
+    services: Arc<std::sync::Mutex<ServiceStore>>,
+    gc_removed: prometheus::IntCounter,
+) {
+    let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
+    loop {
+        tick.tick().await;
+        let services = services.clone();
+        let gc_removed = gc_removed.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
+            store.refresh_node();
+            let now = monotonic_ns();
+            let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
+            gc_removed.inc_by(removed as u64);
+        })
+        .await;
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of the kernel's `bpf_ktime_get_ns()`.
+fn monotonic_ns() -> u64 {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
+        .unwrap_or(0)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
@@ -37,6 +69,8 @@ pub enum AgentError {
         #[source]
         source: io::Error,
     },
+    #[error(transparent)]
+    Services(#[from] crate::services::StoreError),
     #[error("refusing to clean up while an agent serves {0}: stop it first")]
     AgentRunning(std::path::PathBuf),
 }
@@ -47,16 +81,20 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let api_listener = api::bind_api_socket(&config.api_socket).await?;
     let layout = PinLayout::new(&config.pin_root);
 
-    let (dataplane, logger) =
-        match Dataplane::load(layout.clone(), &config.xdp_ifaces, config.xdp_mode) {
-            Ok(loaded) => loaded,
-            Err(err) => {
-                // Leave no socket behind that looks like a running agent.
-                drop(api_listener);
-                let _ = std::fs::remove_file(&config.api_socket);
-                return Err(err.into());
-            }
-        };
+    let (dataplane, logger) = match Dataplane::load(
+        layout.clone(),
+        &config.xdp_ifaces,
+        config.xdp_mode,
+        &config.cgroup,
+    ) {
+        Ok(loaded) => loaded,
+        Err(err) => {
+            // Leave no socket behind that looks like a running agent.
+            drop(api_listener);
+            let _ = std::fs::remove_file(&config.api_socket);
+            return Err(err.into());
+        }
+    };
     tracing::info!(pin_root = %layout.root.display(), xdp_ifaces = ?config.xdp_ifaces, "data plane loaded");
     let log_task = tokio::spawn(drain_kernel_logs(logger));
 
@@ -73,12 +111,33 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             what: "reading the metrics address",
             source,
         })?;
+    let networks = std::iter::once(config.pod_cidr)
+        .chain(config.backend_cidrs.iter().copied())
+        .map(|n| (n.network(), n.prefix_len()))
+        .collect();
+    let hairpin = config
+        .pod_cidr
+        .hosts()
+        .next()
+        .unwrap_or(config.pod_cidr.network());
+    let store = ServiceStore::open(
+        &config.state_dir,
+        &layout,
+        &config.node_name,
+        networks,
+        config.maglev_table_size,
+        hairpin,
+        metrics.services.clone(),
+    )?;
+    let services = Arc::new(std::sync::Mutex::new(store));
+    let housekeeping = tokio::spawn(housekeeping(services.clone(), metrics.conntrack_gc.clone()));
     let state = Arc::new(ApiState {
         layout,
         started,
         metrics_addr: metrics_addr.to_string(),
         api_socket: config.api_socket.clone(),
         container_events: metrics.container_events.clone(),
+        services,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -117,6 +176,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     }
     log_task.abort();
+    housekeeping.abort();
     drop(dataplane);
     if let Err(err) = std::fs::remove_file(&config.api_socket) {
         tracing::warn!(path = %config.api_socket.display(), error = %err, "removing the API socket");

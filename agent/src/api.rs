@@ -20,6 +20,7 @@ use tokio::net::UnixListener;
 use crate::{
     dataplane::PinLayout,
     metrics::Metrics,
+    services::ServiceStore,
     status::{AgentInfo, Status},
 };
 
@@ -29,6 +30,11 @@ pub mod paths {
     /// POST: a container lifecycle event from the daemonless runtime (`berth run` & co).
     pub const CONTAINER_EVENTS: &str = "/v1/containers/events";
     pub const HEALTHZ: &str = "/healthz";
+    /// POST manifests (YAML or JSON; `?origin=` names them in errors): apply / delete them.
+    pub const SERVICES_APPLY: &str = "/v1/services/apply";
+    pub const SERVICES_DELETE: &str = "/v1/services/delete";
+    /// GET: every service with its frontends and backends.
+    pub const SERVICES: &str = "/v1/services";
     pub const METRICS: &str = "/metrics";
 }
 
@@ -40,6 +46,9 @@ pub struct ApiState {
     pub api_socket: PathBuf,
     /// `berth_container_events_total{event}`.
     pub container_events: prometheus::IntCounterVec,
+    /// The desired services and their writer (map writes are blocking syscalls: handlers use
+    /// it from `spawn_blocking`).
+    pub services: Arc<std::sync::Mutex<ServiceStore>>,
 }
 
 impl ApiState {
@@ -66,7 +75,75 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
             paths::CONTAINER_EVENTS,
             axum::routing::post(container_event),
         )
+        .route(paths::SERVICES, get(list_services))
+        .route(paths::SERVICES_APPLY, axum::routing::post(apply_services))
+        .route(paths::SERVICES_DELETE, axum::routing::post(delete_services))
+        .route(
+            "/v1/services/{namespace}/{name}",
+            axum::routing::delete(delete_service),
+        )
         .with_state(state)
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Origin {
+    #[serde(default)]
+    origin: Option<String>,
+}
+
+/// Runs `f` on the service store off the async workers; errors become 400 with the message (bad
+/// input: nothing was changed) and panics 500.
+async fn with_store<T: serde::Serialize + Send + 'static>(
+    state: Arc<ApiState>,
+    f: impl FnOnce(&mut ServiceStore) -> Result<T, crate::services::StoreError> + Send + 'static,
+) -> axum::response::Response {
+    let result = tokio::task::spawn_blocking(move || {
+        let mut store = state
+            .services
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        f(&mut store)
+    })
+    .await;
+    match result {
+        Ok(Ok(value)) => Json(value).into_response(),
+        Ok(Err(err)) => (
+            StatusCode::BAD_REQUEST,
+            Json(serde_json::json!({ "error": err.to_string() })),
+        )
+            .into_response(),
+        Err(err) => (StatusCode::INTERNAL_SERVER_ERROR, err.to_string()).into_response(),
+    }
+}
+
+async fn apply_services(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(origin): axum::extract::Query<Origin>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let origin = origin.origin.unwrap_or_else(|| "request".into());
+    with_store(state, move |store| store.apply(&body, &origin)).await
+}
+
+async fn delete_services(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(origin): axum::extract::Query<Origin>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let origin = origin.origin.unwrap_or_else(|| "request".into());
+    with_store(state, move |store| store.delete(&body, &origin)).await
+}
+
+async fn delete_service(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    let svc = berth_services::ServiceRef::new(namespace, name);
+    with_store(state, move |store| store.delete_service(&svc)).await
+}
+
+async fn list_services(State(state): State<Arc<ApiState>>) -> axum::response::Response {
+    with_store(state, |store| Ok(store.view())).await
 }
 
 /// A lifecycle event from `berth run`/`rm`: logged with its fields and counted. The container

@@ -57,7 +57,8 @@ pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T
     })
 }
 
-async fn request(
+/// One request on the agent's socket; the body of a successful answer.
+pub async fn request(
     socket: &Path,
     method: &str,
     uri: &str,

@@ -113,6 +113,42 @@ pub struct AgentArgs {
     #[arg(long, env = "BERTH_LOG", value_name = "FILTER")]
     pub log: Option<String>,
 
+    /// cgroup v2 directory the socket-level load balancer attaches to; every process below it
+    /// has its connections to services translated [default: the root of the cgroup v2
+    /// hierarchy: /sys/fs/cgroup, or /sys/fs/cgroup/unified on a hybrid host].
+    #[arg(long, env = "BERTH_CGROUP", value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+
+    /// This node's name: endpoints on this node are the local ones for
+    /// internalTrafficPolicy/externalTrafficPolicy Local [default: $NODE_NAME, then the hostname].
+    #[arg(long, env = "NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
+
+    /// Where the agent keeps its desired state (services) across restarts
+    /// [default: /var/lib/berth].
+    #[arg(long, env = "BERTH_STATE_DIR", value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+
+    /// Maglev table size for NodePort/ExternalIP/LoadBalancer frontends: a prime; larger means
+    /// more even spreading and fewer flows moved on a backend change [default: 16381].
+    #[arg(long, env = "BERTH_MAGLEV_TABLE_SIZE", value_name = "PRIME")]
+    pub maglev_table_size: Option<u32>,
+
+    /// Pod network (the bridge's subnet; its first address is the hairpin source)
+    /// [default: 10.88.0.0/16].
+    #[arg(long, env = "BERTH_POD_CIDR", value_name = "CIDR")]
+    pub pod_cidr: Option<ipnet::Ipv4Net>,
+
+    /// Extra networks service backends may live in, besides the pod network and the networks
+    /// attached to this node; repeat or comma-separate.
+    #[arg(
+        long = "backend-cidr",
+        env = "BERTH_BACKEND_CIDRS",
+        value_name = "CIDR",
+        value_delimiter = ','
+    )]
+    pub backend_cidrs: Option<Vec<ipnet::Ipv4Net>>,
+
     /// Remove every pin and attachment berth made under the pin root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -129,6 +165,12 @@ struct FileConfig {
     xdp_mode: Option<XdpAttachMode>,
     log_format: Option<LogFormat>,
     log: Option<String>,
+    cgroup: Option<PathBuf>,
+    node_name: Option<String>,
+    state_dir: Option<PathBuf>,
+    maglev_table_size: Option<u32>,
+    pod_cidr: Option<ipnet::Ipv4Net>,
+    backend_cidrs: Option<Vec<ipnet::Ipv4Net>>,
 }
 
 /// The agent's resolved configuration.
@@ -141,6 +183,36 @@ pub struct AgentConfig {
     pub xdp_mode: XdpAttachMode,
     pub log_format: LogFormat,
     pub log: String,
+    pub cgroup: PathBuf,
+    pub node_name: String,
+    pub state_dir: PathBuf,
+    pub maglev_table_size: u32,
+    pub pod_cidr: ipnet::Ipv4Net,
+    pub backend_cidrs: Vec<ipnet::Ipv4Net>,
+}
+
+/// Default Maglev table size (as Cilium's): a prime, ~1,600 buckets per backend at 10 backends.
+pub const DEFAULT_MAGLEV_TABLE_SIZE: u32 = 16_381;
+/// Default pod network (the runtime's bridge subnet).
+pub const DEFAULT_POD_CIDR: &str = "10.88.0.0/16";
+/// Default state directory.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/berth";
+
+/// The root of the cgroup v2 hierarchy: /sys/fs/cgroup on a pure v2 host, the `unified` mount
+/// of a hybrid one.
+pub fn default_cgroup_root() -> PathBuf {
+    let root = Path::new("/sys/fs/cgroup");
+    match nix::sys::statfs::statfs(root) {
+        Ok(fs) if fs.filesystem_type() == nix::sys::statfs::CGROUP2_SUPER_MAGIC => root.into(),
+        _ => root.join("unified"),
+    }
+}
+
+fn hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
 }
 
 impl AgentConfig {
@@ -178,6 +250,35 @@ impl AgentConfig {
                 .clone()
                 .or(file.log)
                 .unwrap_or_else(|| "info".into()),
+            cgroup: args
+                .cgroup
+                .clone()
+                .or(file.cgroup)
+                .unwrap_or_else(default_cgroup_root),
+            node_name: args
+                .node_name
+                .clone()
+                .or(file.node_name)
+                .unwrap_or_else(hostname),
+            state_dir: args
+                .state_dir
+                .clone()
+                .or(file.state_dir)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            maglev_table_size: args
+                .maglev_table_size
+                .or(file.maglev_table_size)
+                .unwrap_or(DEFAULT_MAGLEV_TABLE_SIZE),
+            pod_cidr: args.pod_cidr.or(file.pod_cidr).unwrap_or_else(|| {
+                DEFAULT_POD_CIDR
+                    .parse()
+                    .expect("the default pod CIDR parses")
+            }),
+            backend_cidrs: args
+                .backend_cidrs
+                .clone()
+                .or(file.backend_cidrs)
+                .unwrap_or_default(),
         };
         config.validate()?;
         Ok(config)
@@ -201,6 +302,33 @@ impl AgentConfig {
                     format!("interface {iface:?} listed twice"),
                 ));
             }
+        }
+        require_absolute("cgroup", &self.cgroup)?;
+        require_absolute("state_dir", &self.state_dir)?;
+        if self.node_name.is_empty() {
+            return Err(invalid("node_name", "must not be empty"));
+        }
+        let m = self.maglev_table_size;
+        if m < 3
+            || !crate::dataplane::lb::is_prime(m)
+            || m as usize > berth_common::lb::MAGLEV_MAX_SIZE
+        {
+            return Err(invalid(
+                "maglev_table_size",
+                format!(
+                    "{m} is not a prime between 3 and {}",
+                    berth_common::lb::MAGLEV_MAX_SIZE
+                ),
+            ));
+        }
+        if self.pod_cidr.prefix_len() > 30 || self.pod_cidr.network() != self.pod_cidr.addr() {
+            return Err(invalid(
+                "pod_cidr",
+                format!(
+                    "{} must be a network address with a prefix of at most /30",
+                    self.pod_cidr
+                ),
+            ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log)
             .map_err(|err| invalid("log", format!("{:?}: {err}", self.log)))?;

@@ -16,7 +16,9 @@ pub mod engine;
 pub mod logging;
 pub mod metrics;
 pub mod runc_cli;
+pub mod services;
 pub mod status;
+pub mod svc_cli;
 
 /// berth's version, as reported by `berth status` and the `berth_build_info` metric.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

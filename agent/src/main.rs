@@ -78,6 +78,8 @@ enum Command {
         #[command(subcommand)]
         command: ImageCommand,
     },
+    /// Kubernetes Services and EndpointSlices, load-balanced by the agent's data plane.
+    Svc(berth::svc_cli::SvcArgs),
     /// Pull an image from an OCI/Docker registry.
     Pull {
         /// Plain HTTP for a non-loopback registry.
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Agent(args) => run_agent(args),
         Command::Status(args) => run_status(args),
+        Command::Svc(args) => berth::svc_cli::run(args),
         Command::Run(args) => {
             berth::logging::init(berth::config::LogFormat::Text, "warn");
             // The container's exit code is ours (Docker's convention).

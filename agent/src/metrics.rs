@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use berth_common::{maps, xdp::XdpStat};
+use berth_common::{lb::LbStat, maps, xdp::XdpStat};
 use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
@@ -22,6 +22,10 @@ pub struct Metrics {
     registry: Registry,
     /// Container lifecycle events reported by the daemonless runtime.
     pub container_events: IntCounterVec,
+    /// The service reconcile path's instruments.
+    pub services: crate::services::ServiceMetrics,
+    /// Conntrack entries removed by garbage collection.
+    pub conntrack_gc: prometheus::IntCounter,
 }
 
 impl Metrics {
@@ -61,9 +65,38 @@ impl Metrics {
             &["event"],
         )?;
         registry.register(Box::new(container_events.clone()))?;
+        let services = crate::services::ServiceMetrics {
+            reconcile_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "berth_lb_reconcile_duration_seconds",
+                    "time to write one service change into the load-balancing maps",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
+            )?,
+            services: IntGauge::new("berth_lb_services", "services in the desired state")?,
+            frontends: IntGauge::new(
+                "berth_lb_frontends",
+                "frontends programmed by the agent (capacity: berth_bpf_map_capacity{map=\"LB_FRONTENDS\"})",
+            )?,
+            backends: IntGauge::new(
+                "berth_lb_backends",
+                "backend slots programmed by the agent (capacity: berth_bpf_map_capacity{map=\"LB_BACKENDS\"})",
+            )?,
+        };
+        registry.register(Box::new(services.reconcile_seconds.clone()))?;
+        registry.register(Box::new(services.services.clone()))?;
+        registry.register(Box::new(services.frontends.clone()))?;
+        registry.register(Box::new(services.backends.clone()))?;
+        let conntrack_gc = prometheus::IntCounter::new(
+            "berth_lb_conntrack_gc_removed_total",
+            "idle conntrack entries removed by the agent's garbage collection",
+        )?;
+        registry.register(Box::new(conntrack_gc.clone()))?;
         Ok(Self {
             registry,
             container_events,
+            services,
+            conntrack_gc,
         })
     }
 
@@ -81,6 +114,7 @@ struct DataplaneCollector {
     /// Serialises scrapes: each one resets and refills the vectors below.
     lock: Mutex<()>,
     xdp_packets: IntCounterVec,
+    lb_packets: IntCounterVec,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     attached: IntGaugeVec,
@@ -98,6 +132,14 @@ impl DataplaneCollector {
                     "frames seen by xdp_lb_ingress, by verdict and reason",
                 ),
                 &["verdict", "reason"],
+            )?,
+            lb_packets: IntCounterVec::new(
+                Opts::new(
+                    "berth_lb_packets_total",
+                    "load-balancing decisions (connections at the socket hooks, packets at tc and \
+                     XDP) by path, verdict and reason",
+                ),
+                &["path", "verdict", "reason"],
             )?,
             map_entries: IntGaugeVec::new(
                 Opts::new(
@@ -129,6 +171,7 @@ impl DataplaneCollector {
 
     fn refresh(&self) {
         self.xdp_packets.reset();
+        self.lb_packets.reset();
         self.map_entries.reset();
         self.map_capacity.reset();
         self.attached.reset();
@@ -166,21 +209,45 @@ impl DataplaneCollector {
                 tracing::warn!(error = %err, "reading XDP_STATS for /metrics");
             }
         }
+        match read_per_cpu_totals(&self.layout, maps::LB_STATS, LbStat::COUNT) {
+            Ok(Some(totals)) => {
+                for (stat, total) in LbStat::ALL.iter().zip(totals) {
+                    let (path, verdict, reason) = stat.labels();
+                    self.lb_packets
+                        .with_label_values(&[path, verdict, reason])
+                        .inc_by(total);
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                errors += 1;
+                tracing::warn!(error = %err, "reading LB_STATS for /metrics");
+            }
+        }
         self.pin_errors.set(errors as i64);
     }
 }
 
 /// Sums each `XDP_STATS` counter over all CPUs; `None` when the map is not pinned.
 fn read_xdp_stats(layout: &PinLayout) -> Result<Option<Vec<u64>>, aya::maps::MapError> {
-    let path = layout.map(maps::XDP_STATS);
+    read_per_cpu_totals(layout, maps::XDP_STATS, XdpStat::COUNT)
+}
+
+/// Sums counters `0..count` of a per-CPU array over all CPUs; `None` when it is not pinned.
+fn read_per_cpu_totals(
+    layout: &PinLayout,
+    name: &str,
+    count: u32,
+) -> Result<Option<Vec<u64>>, aya::maps::MapError> {
+    let path = layout.map(name);
     if !path.exists() {
         return Ok(None);
     }
     let stats: PerCpuArray<MapData, u64> =
         PerCpuArray::try_from(Map::PerCpuArray(MapData::from_pin(&path)?))?;
-    let mut totals = Vec::with_capacity(XdpStat::COUNT as usize);
-    for stat in XdpStat::ALL {
-        let per_cpu = stats.get(&(stat as u32), 0)?;
+    let mut totals = Vec::with_capacity(count as usize);
+    for index in 0..count {
+        let per_cpu = stats.get(&index, 0)?;
         totals.push(per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
     }
     Ok(Some(totals))
@@ -190,6 +257,7 @@ impl Collector for DataplaneCollector {
     fn desc(&self) -> Vec<&Desc> {
         let mut descs = Vec::new();
         descs.extend(self.xdp_packets.desc());
+        descs.extend(self.lb_packets.desc());
         descs.extend(self.map_entries.desc());
         descs.extend(self.map_capacity.desc());
         descs.extend(self.attached.desc());
@@ -205,6 +273,7 @@ impl Collector for DataplaneCollector {
         self.refresh();
         let mut families = Vec::new();
         families.extend(self.xdp_packets.collect());
+        families.extend(self.lb_packets.collect());
         families.extend(self.map_entries.collect());
         families.extend(self.map_capacity.collect());
         families.extend(self.attached.collect());

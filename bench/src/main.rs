@@ -3,8 +3,11 @@
 //!
 //! - `runtime`: container create+start+wait+delete of a busybox `/bin/true` bundle, berth-runc
 //!   vs crun vs runc (Debian's packages).
+//! - `services`: kube-proxy's job (a pod connecting to a ClusterIP, and programming the
+//!   services) at 1 to 10,000 services, berth vs kube-proxy's iptables and nftables layouts.
 
 mod runtime;
+mod services;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -20,11 +23,18 @@ struct Cli {
 enum Bench {
     /// Container start latency: berth-runc vs crun vs runc.
     Runtime(runtime::Args),
+    /// Service load balancing: berth vs kube-proxy's iptables and nftables layouts.
+    Services(services::Args),
+    /// The load generator `services` runs in the client pod (internal).
+    #[command(hide = true)]
+    ServicesLoad(services::WorkerArgs),
 }
 
 fn main() -> Result<()> {
     match Cli::parse().bench {
         Bench::Runtime(args) => runtime::run(&args),
+        Bench::Services(args) => services::run(&args),
+        Bench::ServicesLoad(args) => services::worker(&args),
     }
 }
 

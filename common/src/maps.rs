@@ -17,5 +17,46 @@ pub const LOG_RATELIMIT: &str = "LOG_RATELIMIT";
 /// The ring buffer aya-log-ebpf writes log records to (its name is fixed by aya-log).
 pub const AYA_LOGS: &str = "AYA_LOGS";
 
+/// Service frontends ([`crate::lb::FrontendKey`] → [`crate::lb::Frontend`]).
+pub const LB_FRONTENDS: &str = "LB_FRONTENDS";
+pub const LB_FRONTENDS_MAX_ENTRIES: u32 = 65_536;
+/// Backend slots ([`crate::lb::BackendKey`] → [`crate::lb::Backend`]); room for every frontend's
+/// set twice (old and new during an update).
+pub const LB_BACKENDS: &str = "LB_BACKENDS";
+pub const LB_BACKENDS_MAX_ENTRIES: u32 = 524_288;
+/// Maglev tables of sets served on the uplink (set id → [`crate::lb::MaglevTable`]).
+pub const LB_MAGLEV: &str = "LB_MAGLEV";
+pub const LB_MAGLEV_MAX_ENTRIES: u32 = 8_192;
+/// Session affinity (LRU).
+pub const LB_AFFINITY: &str = "LB_AFFINITY";
+pub const LB_AFFINITY_MAX_ENTRIES: u32 = 65_536;
+/// Connection tracking of translated packet flows (LRU).
+pub const LB_CONNTRACK: &str = "LB_CONNTRACK";
+pub const LB_CONNTRACK_MAX_ENTRIES: u32 = 262_144;
+/// Socket → frontend for replies to translated UDP sockets and getpeername (LRU).
+pub const LB_SOCK_REVNAT: &str = "LB_SOCK_REVNAT";
+pub const LB_SOCK_REVNAT_MAX_ENTRIES: u32 = 65_536;
+/// Addresses of this node on which NodePorts and published ports are served (addr → ifindex).
+pub const LB_NODE_ADDRS: &str = "LB_NODE_ADDRS";
+pub const LB_NODE_ADDRS_MAX_ENTRIES: u32 = 256;
+/// One [`crate::lb::LbConfig`].
+pub const LB_CONFIG: &str = "LB_CONFIG";
+/// Per-CPU load-balancing counters, indexed by [`crate::lb::LbStat`].
+pub const LB_STATS: &str = "LB_STATS";
+
 /// Every map the kernel object declares, in the order `berth status` lists them.
-pub const ALL: &[&str] = &[XDP_STATS, CONTAINERS, LOG_RATELIMIT, AYA_LOGS];
+pub const ALL: &[&str] = &[
+    XDP_STATS,
+    CONTAINERS,
+    LOG_RATELIMIT,
+    AYA_LOGS,
+    LB_FRONTENDS,
+    LB_BACKENDS,
+    LB_MAGLEV,
+    LB_AFFINITY,
+    LB_CONNTRACK,
+    LB_SOCK_REVNAT,
+    LB_NODE_ADDRS,
+    LB_CONFIG,
+    LB_STATS,
+];

@@ -4,11 +4,17 @@
 #![cfg_attr(target_arch = "bpf", no_main)]
 
 #[cfg(target_arch = "bpf")]
+mod lb;
+#[cfg(target_arch = "bpf")]
 mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
 mod ratelimit;
+#[cfg(target_arch = "bpf")]
+mod sock;
+#[cfg(target_arch = "bpf")]
+mod tc_pod;
 #[cfg(target_arch = "bpf")]
 mod xdp_lb;
 

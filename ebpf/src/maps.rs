@@ -1,10 +1,19 @@
 //! Every map the programs share. The agent pins each one by name (`berth_common::maps`).
 
 use aya_ebpf::{
+    bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
-use berth_common::{ContainerRecord, maps::CONTAINERS_MAX_ENTRIES, xdp::XdpStat};
+use berth_common::{
+    ContainerRecord,
+    lb::{
+        AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, Frontend, FrontendKey,
+        LbConfig, LbStat, MaglevTable, SockRevKey, SockRevValue,
+    },
+    maps::{self, CONTAINERS_MAX_ENTRIES},
+    xdp::XdpStat,
+};
 
 /// Per-CPU frame counters of `xdp_lb_ingress`, indexed by `XdpStat`.
 #[map(name = "XDP_STATS")]
@@ -26,6 +35,59 @@ pub fn count(stat: XdpStat) {
     if let Some(slot) = XDP_STATS.get_ptr_mut(stat as u32) {
         // SAFETY: the pointer comes from a successful per-CPU array lookup and is valid for the
         // program's lifetime; no other context writes this CPU's slot concurrently.
+        unsafe { *slot += 1 };
+    }
+}
+
+// ---- service load balancing (see `berth_common::lb`) ----
+
+/// Service frontends.
+#[map(name = "LB_FRONTENDS")]
+pub static LB_FRONTENDS: HashMap<FrontendKey, Frontend> =
+    HashMap::with_max_entries(maps::LB_FRONTENDS_MAX_ENTRIES, 0);
+
+/// Backend slots of every backend set.
+#[map(name = "LB_BACKENDS")]
+pub static LB_BACKENDS: HashMap<BackendKey, Backend> =
+    HashMap::with_max_entries(maps::LB_BACKENDS_MAX_ENTRIES, 0);
+
+/// Maglev tables, allocated on use: each is 32 KiB and only uplink-facing sets have one.
+#[map(name = "LB_MAGLEV")]
+pub static LB_MAGLEV: HashMap<u32, MaglevTable> =
+    HashMap::with_max_entries(maps::LB_MAGLEV_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Session affinity; LRU so a flood of clients evicts the oldest instead of failing.
+#[map(name = "LB_AFFINITY")]
+pub static LB_AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(maps::LB_AFFINITY_MAX_ENTRIES, 0);
+
+/// Connection tracking of translated packet flows; LRU, garbage-collected by the agent.
+#[map(name = "LB_CONNTRACK")]
+pub static LB_CONNTRACK: LruHashMap<CtKey, CtValue> =
+    LruHashMap::with_max_entries(maps::LB_CONNTRACK_MAX_ENTRIES, 0);
+
+/// Translated UDP sockets: (cookie, backend) → frontend, for recvmsg/getpeername.
+#[map(name = "LB_SOCK_REVNAT")]
+pub static LB_SOCK_REVNAT: LruHashMap<SockRevKey, SockRevValue> =
+    LruHashMap::with_max_entries(maps::LB_SOCK_REVNAT_MAX_ENTRIES, 0);
+
+/// This node's addresses (NodePorts and published ports are served on these).
+#[map(name = "LB_NODE_ADDRS")]
+pub static LB_NODE_ADDRS: HashMap<u32, u32> =
+    HashMap::with_max_entries(maps::LB_NODE_ADDRS_MAX_ENTRIES, 0);
+
+#[map(name = "LB_CONFIG")]
+pub static LB_CONFIG: Array<LbConfig> = Array::with_max_entries(1, 0);
+
+/// Per-CPU load-balancing counters, indexed by `LbStat`.
+#[map(name = "LB_STATS")]
+pub static LB_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(LbStat::COUNT, 0);
+
+/// Increments one load-balancing counter (per-CPU, see [`count`]).
+#[inline(always)]
+pub fn count_lb(stat: LbStat) {
+    if let Some(slot) = LB_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: as in `count`: a valid per-CPU slot only this CPU writes.
         unsafe { *slot += 1 };
     }
 }

@@ -8,6 +8,7 @@
 //! - [`cgroups`]: cgroup v2 (and v1 fallback) management for a container's resources.
 //! - [`seccomp`]: OCI seccomp → libseccomp filter, and the default profile.
 //! - [`state`]: the on-disk record of each container.
+//! - [`network`]: container networking (bridge, veth pairs, address management, masquerade).
 
 pub mod cgroups;
 pub mod seccomp;
@@ -19,6 +20,7 @@ mod exec;
 pub mod fsutil;
 pub mod hooks;
 pub mod init;
+pub mod network;
 mod poll;
 pub mod process;
 pub mod rootfs;

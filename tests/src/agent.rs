@@ -69,6 +69,11 @@ impl AgentPaths {
         Ok(cmd)
     }
 
+    /// A private state directory for the agent (`--state-dir`).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
     /// Removes the pins (detaching programs) and the temp directory. Idempotent.
     pub fn cleanup(&self) {
         if let Err(err) =
@@ -93,6 +98,9 @@ impl AgentProcess {
         let child = paths
             .command("agent")?
             .args(["--metrics-addr", "127.0.0.1:0", "--log", "info,berth=debug"])
+            // Never the node's own desired state under /var/lib/berth.
+            .arg("--state-dir")
+            .arg(paths.state_dir())
             .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -5,7 +5,7 @@
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
-    programs::{TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
 };
 
 /// XDP verdicts (`enum xdp_action`).
@@ -74,6 +74,28 @@ impl TestRun {
         out.truncate(result.data_size_out as usize);
         Ok(Outcome {
             verdict: XdpVerdict::from(result.return_value),
+            data: out,
+        })
+    }
+
+    /// Runs tc program `name` once on `frame`; returns the `TC_ACT_*` verdict.
+    pub fn tc(&mut self, name: &str, frame: &[u8]) -> anyhow::Result<Outcome<i32>> {
+        let prog: &mut SchedClassifier = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()?;
+        }
+        let mut out = vec![0u8; frame.len() + OUT_SLACK];
+        let mut opts = TestRunOptions::new();
+        opts.data_in = Some(frame);
+        opts.data_out = Some(&mut out);
+        let result = prog.test_run(opts)?;
+        out.truncate(result.data_size_out as usize);
+        Ok(Outcome {
+            verdict: result.return_value as i32,
             data: out,
         })
     }

@@ -112,9 +112,13 @@ fn agent_serves_metrics_and_keeps_map_entries_across_sigkill() {
     let agent = AgentProcess::start(&paths, &iface_flag).expect("start agent");
     let status = agent.status().expect("status");
     assert!(status.agent.is_some(), "status must come from the agent");
-    assert_eq!(status.attachments.len(), 1, "{status:?}");
-    assert_eq!(status.attachments[0].program, XDP_LB_INGRESS);
-    assert_eq!(status.attachments[0].target, pair.host_if);
+    assert_eq!(xdp_links(&status).len(), 1, "{status:?}");
+    assert_eq!(
+        status.attachments.len(),
+        1 + berth_common::programs::SOCK_PROGRAMS.len(),
+        "XDP and the four socket-level load-balancing programs: {status:?}"
+    );
+    assert_eq!(xdp_links(&status)[0].target, pair.host_if);
     for name in maps::ALL {
         let map = status.maps.iter().find(|m| m.name == *name);
         let map = map.unwrap_or_else(|| panic!("map {name} missing from status: {status:?}"));
@@ -199,7 +203,7 @@ fn agent_serves_metrics_and_keeps_map_entries_across_sigkill() {
     let offline = berth_tests::agent::status_of(&paths).expect("status from pins");
     assert!(offline.agent.is_none(), "no agent runs now");
     assert_eq!(
-        offline.attachments.len(),
+        xdp_links(&offline).len(),
         1,
         "the pinned link keeps the program attached"
     );
@@ -213,7 +217,7 @@ fn agent_serves_metrics_and_keeps_map_entries_across_sigkill() {
         Some(1),
         "the entry survived SIGKILL and restart"
     );
-    assert_eq!(status.attachments.len(), 1);
+    assert_eq!(xdp_links(&status).len(), 1);
     {
         let pin = paths.pin_root.join("maps").join(maps::CONTAINERS);
         let containers: HashMap<MapData, u64, ContainerRecord> =
@@ -442,7 +446,7 @@ fn an_interface_recreated_while_the_agent_was_down_gets_a_fresh_attachment() {
     let agent = AgentProcess::start(&paths, &flags).expect("restart agent");
     assert!(agent.logs().contains("attaching anew"), "{}", agent.logs());
     let status = agent.status().expect("status");
-    assert_eq!(status.attachments.len(), 1, "{status:?}");
+    assert_eq!(xdp_links(&status).len(), 1, "{status:?}");
     let link = Command::new("ip")
         .args(["link", "show", "dev", &iface])
         .output()
@@ -451,4 +455,13 @@ fn an_interface_recreated_while_the_agent_was_down_gets_a_fresh_attachment() {
         String::from_utf8_lossy(&link.stdout).contains("xdp"),
         "xdp_lb_ingress must be attached to the recreated interface"
     );
+}
+
+/// The XDP attachments of a status report (the agent also attaches its socket programs).
+fn xdp_links(status: &berth::status::Status) -> Vec<&berth::dataplane::inspect::AttachmentReport> {
+    status
+        .attachments
+        .iter()
+        .filter(|a| a.program == XDP_LB_INGRESS)
+        .collect()
 }

@@ -4,6 +4,9 @@
 //! 2. `berth agent` with the default pin root, API socket and metrics address, XDP on the
 //!    veth's host end;
 //! 3. `berth status`, traffic from the pod, the counters in `/metrics`;
+//!    containers (`berth run`, foreground and detached, with limits, on the berth0 bridge);
+//!    a Service (ClusterIP + NodePort) over two web containers, reached from the host, from a
+//!    container, and from the "outside" namespace through XDP;
 //! 4. the agent killed with SIGKILL: the data plane keeps counting; a restarted agent re-opens
 //!    the same maps;
 //! 5. SIGTERM, `berth agent --cleanup`, and the namespace removed (unless `--keep`).
@@ -75,6 +78,7 @@ pub fn run(keep: bool) -> Result<()> {
     show_metrics()?;
 
     containers(&berth)?;
+    services(&berth)?;
 
     step("kill -9 the agent: the pinned data plane keeps running without it");
     agent.kill()?;
@@ -120,7 +124,9 @@ fn containers(berth: &str) -> Result<()> {
     let bin = tmp.join("rootfs/bin");
     std::fs::create_dir_all(&bin)?;
     std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
-    for applet in ["sh", "echo", "id", "hostname", "cat", "sleep", "ps"] {
+    for applet in [
+        "sh", "echo", "id", "hostname", "cat", "sleep", "ps", "httpd", "wget", "mkdir", "ip",
+    ] {
         let link = bin.join(applet);
         if !link.exists() {
             std::os::unix::fs::symlink("busybox", link)?;
@@ -203,6 +209,158 @@ fn containers(berth: &str) -> Result<()> {
     sh::run(berth, &["status"])?;
     sh::run(berth, &["rm", "-f", "demo-web"])?;
     Ok(())
+}
+
+const CLUSTER_IP: &str = "10.96.0.80";
+const NODE_PORT: &str = "30080";
+
+/// Services: two web containers on the berth0 bridge behind a ClusterIP and a NodePort,
+/// programmed into the eBPF load balancer with `berth svc apply`, reached from the host (socket
+/// hook), from another container, and from the "outside" namespace through XDP on the uplink.
+fn services(berth: &str) -> Result<()> {
+    step("services: two web containers on the berth0 bridge (veth, IPAM, /etc/hosts)");
+    let mut ips = Vec::new();
+    for name in ["demo-web1", "demo-web2"] {
+        let _ = Command::new(berth)
+            .args(["rm", "-f", name])
+            .stderr(Stdio::null())
+            .output();
+        sh::run(
+            berth,
+            &[
+                "run",
+                "-d",
+                "--name",
+                name,
+                "--label",
+                "app=web",
+                "demo/busybox",
+                "/bin/sh",
+                "-c",
+                &format!(
+                    "mkdir -p /www && echo hello from {name} > /www/index.html && exec httpd -f -p 8080 -h /www"
+                ),
+            ],
+        )?;
+        let inspect = sh::output(berth, &["inspect", name]).context("berth inspect")?;
+        let json: serde_json::Value = serde_json::from_str(&inspect)?;
+        let ip = json["NetworkSettings"]["IPAddress"]
+            .as_str()
+            .context("the container has no IP address")?
+            .to_owned();
+        ips.push(ip);
+    }
+    let _cleanup = ServicesGuard {
+        berth: berth.to_owned(),
+    };
+    sh::run(berth, &["ps"])?;
+
+    step(
+        "berth svc apply: a Service (ClusterIP + NodePort) and its EndpointSlice, Kubernetes' own schema",
+    );
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n"))
+        .collect();
+    let manifest = format!(
+        "apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: NodePort
+  clusterIP: {CLUSTER_IP}
+  selector: {{app: web}}
+  ports:
+  - {{name: http, port: 80, targetPort: http, nodePort: {NODE_PORT}, protocol: TCP}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: demo
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+endpoints:
+{endpoints}"
+    );
+    println!("{manifest}");
+    let mut apply = Command::new(berth);
+    apply
+        .args(["svc", "apply", "-f", "-"])
+        .stdin(Stdio::piped());
+    eprintln!("+ {berth} svc apply -f -");
+    let mut child = apply.spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("stdin")?,
+        manifest.as_bytes(),
+    )?;
+    if !child.wait()?.success() {
+        bail!("berth svc apply failed");
+    }
+    sh::run(berth, &["svc", "ls"])?;
+    sh::run(berth, &["svc", "show", "demo/web"])?;
+
+    step("the ClusterIP from the host: connect() is translated to a backend by the socket hook");
+    for _ in 0..4 {
+        sh::run(
+            "busybox",
+            &["wget", "-qO-", &format!("http://{CLUSTER_IP}/")],
+        )?;
+    }
+    step("the ClusterIP from another container");
+    sh::run(
+        berth,
+        &[
+            "run",
+            "--rm",
+            "demo/busybox",
+            "/bin/sh",
+            "-c",
+            &format!("for i in 1 2 3; do wget -qO- http://{CLUSTER_IP}/; done"),
+        ],
+    )?;
+    step("the NodePort from outside: XDP on the uplink DNATs, tc on the pod's veth reverse-NATs");
+    for _ in 0..4 {
+        sh::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                NETNS,
+                "busybox",
+                "wget",
+                "-qO-",
+                &format!("http://{HOST_ADDR}:{NODE_PORT}/"),
+            ],
+        )?;
+    }
+    let text = sh::output("curl", &["-sf", METRICS]).context("scraping /metrics")?;
+    println!("$ curl -s {METRICS} | grep berth_lb_");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("berth_lb_") && !l.ends_with(" 0") && !l.contains("_bucket"))
+    {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Removes the demo's service and web containers, also when a step fails.
+struct ServicesGuard {
+    berth: String,
+}
+
+impl Drop for ServicesGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.berth)
+            .args(["svc", "delete", "demo/web"])
+            .status();
+        let _ = Command::new(&self.berth)
+            .args(["rm", "-f", "demo-web1", "demo-web2"])
+            .status();
+    }
 }
 
 fn step(title: &str) {

@@ -7,7 +7,10 @@
 
 pub mod containers;
 pub mod inspect;
+pub mod lb;
 pub mod pins;
+pub mod pods;
+mod sock;
 
 use std::{
     collections::BTreeSet,
@@ -86,6 +89,7 @@ impl Dataplane {
         layout: PinLayout,
         xdp_ifaces: &[String],
         xdp_mode: XdpAttachMode,
+        sock_cgroup: &Path,
     ) -> Result<(Self, EbpfLogger<&'static dyn log::Log>)> {
         layout.prepare().map_err(|source| DataplaneError::Pins {
             path: layout.root.clone(),
@@ -117,6 +121,9 @@ impl Dataplane {
             attach_xdp(xdp, &layout, iface, xdp_mode)?;
         }
         detach_unlisted(&layout, programs::XDP_LB_INGRESS, &wanted)?;
+
+        sock::attach_all(&mut ebpf, &layout, sock_cgroup)?;
+        pods::load_and_pin(&mut ebpf, &layout)?;
 
         Ok((
             Self {
@@ -286,10 +293,15 @@ fn check_pinned_layouts(layout: &PinLayout, object: &[u8]) -> Result<()> {
 pub fn cleanup(layout: &PinLayout) -> std::io::Result<Vec<PathBuf>> {
     let mut removed = Vec::new();
     // Links first, so no program runs against a map we are about to unpin.
-    for dir in [layout.links_dir(), layout.maps_dir()] {
+    for dir in [layout.links_dir(), layout.progs_dir(), layout.maps_dir()] {
         remove_dir_pins(&dir, &mut removed)?;
     }
-    for dir in [layout.links_dir(), layout.maps_dir(), layout.root.clone()] {
+    for dir in [
+        layout.links_dir(),
+        layout.maps_dir(),
+        layout.progs_dir(),
+        layout.root.clone(),
+    ] {
         match std::fs::remove_dir(&dir) {
             Ok(()) => removed.push(dir),
             Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}

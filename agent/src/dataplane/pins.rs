@@ -35,6 +35,15 @@ impl PinLayout {
         self.root.join("links")
     }
 
+    /// Programs pinned so the daemonless engine can attach them to new pods' veths.
+    pub fn progs_dir(&self) -> PathBuf {
+        self.root.join("progs")
+    }
+
+    pub fn prog(&self, name: &str) -> PathBuf {
+        self.progs_dir().join(name)
+    }
+
     pub fn map(&self, name: &str) -> PathBuf {
         self.maps_dir().join(name)
     }
@@ -67,7 +76,12 @@ impl PinLayout {
     /// `/sys/fs/bpf` and nothing is mounted there yet (a fresh machine).
     pub fn prepare(&self) -> io::Result<()> {
         ensure_bpffs(&self.root)?;
-        for dir in [self.root.clone(), self.maps_dir(), self.links_dir()] {
+        for dir in [
+            self.root.clone(),
+            self.maps_dir(),
+            self.links_dir(),
+            self.progs_dir(),
+        ] {
             std::fs::create_dir_all(&dir)?;
         }
         Ok(())

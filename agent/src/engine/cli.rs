@@ -11,8 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use berth_image::PullOptions;
 use clap::{Args, Subcommand, ValueEnum};
 
-use super::{ContainerMeta, Engine, EnginePaths, RunOptions, spec};
-use crate::config;
+use super::{ContainerMeta, Engine, EnginePaths, NetworkDefaults, NetworkMode, RunOptions, spec};
+use crate::{config, dataplane::pods::PublishedPort};
 
 /// Where the engine keeps state (shared by every daemonless command).
 #[derive(Args, Debug, Clone)]
@@ -29,6 +29,18 @@ pub struct EngineArgs {
     /// The agent's API socket (notified of container events when an agent runs).
     #[arg(long, env = "BERTH_API_SOCKET", default_value = config::DEFAULT_API_SOCKET)]
     pub api_socket: PathBuf,
+    /// The bridge `berth run --network bridge` connects containers to (created when missing).
+    #[arg(long, env = "BERTH_BRIDGE", default_value = berth_runtime::network::DEFAULT_BRIDGE)]
+    pub bridge: String,
+    /// The bridge's pod CIDR: containers get addresses from it, the bridge holds the first
+    /// (their gateway), and their traffic leaving the host is masqueraded.
+    #[arg(
+        long,
+        env = "BERTH_POD_CIDR",
+        default_value = berth_runtime::network::DEFAULT_SUBNET,
+        value_name = "CIDR"
+    )]
+    pub pod_cidr: String,
 }
 
 impl EngineArgs {
@@ -38,6 +50,10 @@ impl EngineArgs {
             runtime_root: self.runtime_root.clone(),
             pin_root: self.pin_root.clone(),
             api_socket: self.api_socket.clone(),
+        })
+        .with_network(NetworkDefaults {
+            bridge: self.bridge.clone(),
+            pod_cidr: self.pod_cidr.clone(),
         })
     }
 }
@@ -90,6 +106,13 @@ pub struct RunArgs {
     /// Hostname (default: the short id).
     #[arg(long)]
     hostname: Option<String>,
+    /// bridge: an address on the --bridge network; none: loopback only; host: the host's
+    /// network namespace.
+    #[arg(long, value_enum, default_value_t = NetworkMode::Bridge)]
+    network: NetworkMode,
+    /// Publish a container port on the host: HOST:CONTAINER[/tcp|/udp], repeatable.
+    #[arg(long = "publish", short = 'p', value_name = "HOST:CTR[/udp]")]
+    publish: Vec<String>,
     image: String,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
@@ -152,7 +175,20 @@ pub fn run(engine: &Engine, args: RunArgs) -> Result<i32> {
     {
         bail!("--pids {pids}: must be at least 1");
     }
+    let publish = parse_publish(&args.publish)?;
+    if !publish.is_empty() && args.network != NetworkMode::Bridge {
+        bail!(
+            "-p/--publish needs --network bridge (not --network {})",
+            args.network
+        );
+    }
+    if args.network == NetworkMode::Bridge {
+        // A bad --bridge or --pod-cidr is reported before anything is made.
+        engine.bridge_config()?;
+    }
     let opts = RunOptions {
+        network: args.network,
+        publish,
         name: args.name,
         labels: parse_labels(&args.labels)?,
         detach: args.detach,
@@ -173,6 +209,27 @@ pub fn run(engine: &Engine, args: RunArgs) -> Result<i32> {
         },
     };
     engine.run(&opts)
+}
+
+/// `-p` values; one host port and protocol can be published once only.
+fn parse_publish(specs: &[String]) -> Result<Vec<PublishedPort>> {
+    let mut ports: Vec<PublishedPort> = Vec::new();
+    for spec in specs {
+        let port: PublishedPort = spec.parse().map_err(|e| anyhow::anyhow!("-p: {e}"))?;
+        if let Some(prev) = ports
+            .iter()
+            .find(|p| p.host_port == port.host_port && p.protocol == port.protocol)
+        {
+            bail!(
+                "-p {spec}: host port {} ({:?}) is already published to container port {}",
+                port.host_port,
+                port.protocol,
+                prev.container_port
+            );
+        }
+        ports.push(port);
+    }
+    Ok(ports)
 }
 
 fn human_status(engine: &Engine, m: &ContainerMeta) -> String {
@@ -205,6 +262,7 @@ pub fn ps(engine: &Engine, all: bool, format: Format) -> Result<()> {
                         "id": m.id, "name": m.name, "image": m.image, "command": m.command,
                         "created": m.created, "status": status, "exit_code": m.exit_code,
                         "labels": m.labels, "pid": m.pid, "cgroup_id": m.cgroup_id,
+                        "network": m.network_mode, "ip": m.ip, "ports": m.ports,
                     })
                 })
                 .collect();
@@ -212,20 +270,26 @@ pub fn ps(engine: &Engine, all: bool, format: Format) -> Result<()> {
         }
         Format::Table => {
             println!(
-                "{:<12}  {:<20}  {:<28}  {:<24}  {:<20}  {:<12}  LABELS",
-                "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS"
+                "{:<12}  {:<20}  {:<28}  {:<24}  {:<20}  {:<12}  {:<15}  LABELS",
+                "CONTAINER ID", "NAME", "IMAGE", "COMMAND", "CREATED", "STATUS", "IP"
             );
             for (m, status) in rows {
                 let labels: Vec<String> =
                     m.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let ip = match (m.ip, m.network_mode) {
+                    (Some(ip), _) => ip.to_string(),
+                    (None, NetworkMode::Host) => "host".to_owned(),
+                    (None, _) => "-".to_owned(),
+                };
                 println!(
-                    "{:<12}  {:<20}  {:<28}  {:<24}  {:<20}  {:<12}  {}",
+                    "{:<12}  {:<20}  {:<28}  {:<24}  {:<20}  {:<12}  {:<15}  {}",
                     &m.id[..12],
                     m.name,
                     m.image,
                     truncate(&m.command.join(" "), 24),
                     m.created,
                     status,
+                    ip,
                     labels.join(",")
                 );
             }
@@ -360,4 +424,19 @@ pub fn pull(engine: &Engine, reference: &str, insecure: bool) -> Result<()> {
     )?;
     println!("{} {}", image.name, image.id);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_ports_parse_and_a_host_port_is_published_once() {
+        let ports = parse_publish(&["8080:80".into(), "8080:53/udp".into()]).expect("ports");
+        assert_eq!(ports.len(), 2);
+        let err = parse_publish(&["8080:80".into(), "8080:81/tcp".into()]).expect_err("twice");
+        assert!(err.to_string().contains("already published"), "{err}");
+        let err = parse_publish(&["80".into()]).expect_err("no colon");
+        assert!(err.to_string().starts_with("-p: "), "{err}");
+    }
 }

@@ -10,6 +10,13 @@
 //! Every lifecycle change is recorded where the data plane can find it: the `CONTAINERS` map
 //! (keyed by cgroup id, created and pinned if no agent did so yet) and, when an agent runs, an
 //! event on its API socket.
+//!
+//! Networking (`--network bridge`, the default): the address is leased while the container is
+//! created (its `/etc/hosts` names it), the veth pair is made once the runtime has created the
+//! container's namespaces and before its process starts, and everything is undone in reverse by
+//! `berth rm` (or a failed run). A container that exits keeps its address until it is removed,
+//! as with Podman. Leases of containers that vanished without `berth rm` are reclaimed at the
+//! next allocation.
 
 pub mod cli;
 pub mod spec;
@@ -18,6 +25,7 @@ use std::{
     collections::{BTreeMap, HashSet},
     fs::File,
     io::{Read as _, Write as _},
+    net::Ipv4Addr,
     os::fd::{AsRawFd, FromRawFd, OwnedFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -28,12 +36,16 @@ use berth_common::ContainerRecord;
 use berth_image::{ImageStore, Rootfs};
 use berth_runtime::{
     container::{CreateOptions, ExecOptions, Runtime, SignalForwarder, parse_signal},
+    network::{self, DnsSettings, Ipam, Ipv4Net, NetworkConfig, NetworkError, etc_files},
     state::{Status, now_rfc3339, write_atomic},
 };
 use nix::unistd::{ForkResult, fork};
 use serde::{Deserialize, Serialize};
 
-use crate::dataplane::containers;
+use crate::dataplane::{
+    containers,
+    pods::{self, PublishedPort},
+};
 
 /// Where the engine keeps its state.
 #[derive(Debug, Clone)]
@@ -46,6 +58,46 @@ pub struct EnginePaths {
     pub pin_root: PathBuf,
     /// The agent's API socket (notified when present).
     pub api_socket: PathBuf,
+}
+
+/// The network a new container joins (`berth run` flags and `BERTH_BRIDGE`/`BERTH_POD_CIDR`).
+#[derive(Debug, Clone)]
+pub struct NetworkDefaults {
+    pub bridge: String,
+    pub pod_cidr: String,
+}
+
+impl Default for NetworkDefaults {
+    fn default() -> Self {
+        Self {
+            bridge: network::DEFAULT_BRIDGE.to_owned(),
+            pod_cidr: network::DEFAULT_SUBNET.to_owned(),
+        }
+    }
+}
+
+/// `berth run --network`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// A veth pair to the bridge, an address from the pod CIDR, a default route, masquerade.
+    Bridge,
+    /// Loopback only.
+    // The default for records without a mode: containers made before networking had only lo.
+    #[default]
+    None,
+    /// The host's network namespace.
+    Host,
+}
+
+impl std::fmt::Display for NetworkMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NetworkMode::Bridge => "bridge",
+            NetworkMode::None => "none",
+            NetworkMode::Host => "host",
+        })
+    }
 }
 
 /// What berth knows of a container beyond the OCI state.
@@ -67,6 +119,30 @@ pub struct ContainerMeta {
     pub auto_remove: bool,
     /// Keys of the image layers the rootfs uses (kept from image garbage collection).
     pub layers: Vec<String>,
+    // Networking; every field defaults so records written before networking still load.
+    #[serde(default)]
+    pub network_mode: NetworkMode,
+    /// The bridge and pod CIDR the address was leased from (the engine's settings may have
+    /// changed by the time the container is removed).
+    #[serde(default)]
+    pub bridge: Option<String>,
+    #[serde(default)]
+    pub subnet: Option<Ipv4Net>,
+    #[serde(default)]
+    pub ip: Option<Ipv4Addr>,
+    #[serde(default)]
+    pub gateway: Option<Ipv4Addr>,
+    /// Host side of the veth pair.
+    #[serde(default)]
+    pub host_veth: Option<String>,
+    #[serde(default)]
+    pub host_ifindex: u32,
+    #[serde(default)]
+    pub ports: Vec<PublishedPort>,
+    /// Set once `ports` are published: a run that failed to publish (the host port is taken)
+    /// must not withdraw the frontends of the container that holds them.
+    #[serde(default)]
+    pub ports_published: bool,
 }
 
 /// `berth run` options.
@@ -78,11 +154,15 @@ pub struct RunOptions {
     pub auto_remove: bool,
     pub image: String,
     pub spec: spec::RunSpec,
+    pub network: NetworkMode,
+    /// `-p HOST:CTR[/udp]` (bridge network only).
+    pub publish: Vec<PublishedPort>,
 }
 
 pub struct Engine {
     pub paths: EnginePaths,
     pub runtime: Runtime,
+    pub network: NetworkDefaults,
 }
 
 fn random_id() -> Result<String> {
@@ -112,7 +192,63 @@ fn validate_name(name: &str) -> Result<()> {
 impl Engine {
     pub fn new(paths: EnginePaths) -> Self {
         let runtime = Runtime::new(&paths.runtime_root);
-        Self { paths, runtime }
+        Self {
+            paths,
+            runtime,
+            network: NetworkDefaults::default(),
+        }
+    }
+
+    pub fn with_network(mut self, network: NetworkDefaults) -> Self {
+        self.network = network;
+        self
+    }
+
+    /// Where address leases and network locks live (`<root>/network`).
+    fn network_state_dir(&self) -> PathBuf {
+        self.paths.root.join("network")
+    }
+
+    /// The network new containers join, validated; errors name the flag and variable.
+    pub fn bridge_config(&self) -> Result<NetworkConfig> {
+        NetworkConfig::new(
+            &self.network.bridge,
+            &self.network.pod_cidr,
+            &self.network_state_dir(),
+        )
+        .map_err(|e| match &e {
+            NetworkError::Config {
+                field: "bridge", ..
+            } => anyhow!("--bridge (BERTH_BRIDGE): {e}"),
+            NetworkError::Config {
+                field: "subnet", ..
+            } => {
+                anyhow!("--pod-cidr (BERTH_POD_CIDR): {e}")
+            }
+            _ => anyhow!(e),
+        })
+    }
+
+    /// The network an existing container was attached to, from its record.
+    fn container_network(&self, meta: &ContainerMeta) -> Option<NetworkConfig> {
+        Some(NetworkConfig {
+            bridge: meta.bridge.clone()?,
+            subnet: meta.subnet?,
+            state_dir: self.network_state_dir(),
+            dns: DnsSettings::default(),
+        })
+    }
+
+    /// Containers that exist for address management: those with a record, plus the one being
+    /// created. Called with the container-list lock held, so no other container is half-made.
+    fn live_container_ids(&self, creating: &str) -> Result<HashSet<String>> {
+        let mut ids = HashSet::from([creating.to_owned()]);
+        for entry in std::fs::read_dir(self.containers_dir())?.flatten() {
+            if entry.path().join("container.json").exists() {
+                ids.insert(entry.file_name().to_string_lossy().into_owned());
+            }
+        }
+        Ok(ids)
     }
 
     pub fn images(&self) -> Result<ImageStore> {
@@ -178,6 +314,16 @@ impl Engine {
 
     /// Creates the container (rootfs, bundle, runtime create) without starting it.
     fn create(&self, opts: &RunOptions) -> Result<ContainerMeta> {
+        let net_config = match opts.network {
+            NetworkMode::Bridge => Some(self.bridge_config()?),
+            NetworkMode::None | NetworkMode::Host => None,
+        };
+        if !opts.publish.is_empty() && net_config.is_none() {
+            bail!(
+                "-p/--publish needs --network bridge (this container's network is {})",
+                opts.network
+            );
+        }
         let store = self.images()?;
         let image = store.resolve(&opts.image)?;
         let image_config = store.config(&image)?;
@@ -214,6 +360,35 @@ impl Engine {
             run.annotations
                 .insert(format!("io.berth.label.{k}"), v.clone());
         }
+        // The address is leased now, under the container-list lock, because /etc/hosts names
+        // it; the veth pair comes once the namespace exists (`connect_network`).
+        let lease = match &net_config {
+            Some(config) => {
+                let ipam = Ipam::new(config);
+                for (ip, holder) in ipam.reconcile(&self.live_container_ids(&id)?)? {
+                    tracing::info!(%ip, container = %holder, bridge = %config.bridge,
+                        "released the address of a container that no longer exists");
+                }
+                let ip = ipam.allocate(&id)?;
+                Some((ipam, ip))
+            }
+            None => None,
+        };
+        let release_ip = Guard::new(|| {
+            if let Some((ipam, _)) = &lease {
+                let _ = ipam.release(&id);
+            }
+        });
+        let ip = lease.as_ref().map(|(_, ip)| *ip);
+        let hostname = run.hostname.clone();
+        write_etc_files(
+            &dir,
+            opts.network,
+            net_config.as_ref(),
+            ip,
+            &[&hostname, &name],
+            &mut run,
+        )?;
         let oci = spec::build(&image_config, &run, &rootfs.path()).map_err(|e| anyhow!(e))?;
         std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&oci)?)?;
         let meta = ContainerMeta {
@@ -239,8 +414,18 @@ impl Engine {
                 .unwrap_or_else(|| "SIGTERM".into()),
             auto_remove: opts.auto_remove,
             layers: image.layers.iter().map(|l| l.key()).collect(),
+            network_mode: opts.network,
+            bridge: net_config.as_ref().map(|c| c.bridge.clone()),
+            subnet: net_config.as_ref().map(|c| c.subnet),
+            ip,
+            gateway: net_config.as_ref().map(NetworkConfig::gateway),
+            host_veth: net_config.as_ref().map(|_| network::host_ifname(&id)),
+            host_ifindex: 0,
+            ports: opts.publish.clone(),
+            ports_published: false,
         };
         self.save(&meta)?;
+        release_ip.disarm();
         cleanup_dir.disarm();
         Ok(meta)
     }
@@ -266,8 +451,77 @@ impl Engine {
             bundle: self.dir(&meta.id),
             ..Default::default()
         })?;
-        bring_up_loopback(record.pid)?;
         Ok(record.pid)
+    }
+
+    /// Between the runtime's create and start: the container's network namespace exists and
+    /// its process waits, so it starts with its network complete. Returns a warning for the
+    /// user, if any (the caller knows where the user's terminal is: a detached container's
+    /// monitor writes its own stderr to the container's log).
+    fn connect_network(&self, meta: &mut ContainerMeta, pid: i32) -> Result<Option<String>> {
+        match meta.network_mode {
+            NetworkMode::Host => Ok(None),
+            NetworkMode::None => network::loopback_up(pid)
+                .map(|()| None)
+                .map_err(|e| anyhow!("setting up the container's loopback: {e}")),
+            NetworkMode::Bridge => {
+                let config = self
+                    .container_network(meta)
+                    .context("the container record has no bridge network")?;
+                let ip = meta.ip.context("the container record has no address")?;
+                network::setup_host(&config)
+                    .map_err(|e| anyhow!("setting up bridge {}: {e}", config.bridge))?;
+                let attachment = network::attach(&config, &meta.id, pid, ip)
+                    .map_err(|e| anyhow!("connecting the container to {}: {e}", config.bridge))?;
+                meta.host_veth = Some(attachment.host_ifname.clone());
+                meta.host_ifindex = attachment.host_ifindex;
+                self.save(meta)?;
+                let warning =
+                    match pods::attach_pod_veth(&self.paths.pin_root, &attachment.host_ifname) {
+                        Ok(true) => None,
+                        Ok(false) => no_dataplane_warning(&self.paths.pin_root, &meta.ports),
+                        Err(e) => bail!(
+                            "attaching the data plane to {}: {e}",
+                            attachment.host_ifname
+                        ),
+                    };
+                if !meta.ports.is_empty() {
+                    pods::publish_ports(&self.paths.pin_root, &meta.id, ip, &meta.ports)
+                        .map_err(|e| anyhow!("publishing ports: {e}"))?;
+                    meta.ports_published = true;
+                    self.save(meta)?;
+                }
+                Ok(warning)
+            }
+        }
+    }
+
+    /// Undoes `create`'s lease and `connect_network` in reverse; every step tolerates what is
+    /// already gone, so it also cleans up after a run that failed half-way.
+    fn disconnect_network(&self, meta: &ContainerMeta) {
+        if meta.network_mode != NetworkMode::Bridge {
+            return;
+        }
+        if meta.ports_published
+            && let Some(ip) = meta.ip
+        {
+            pods::unpublish_ports(&self.paths.pin_root, &meta.id, ip, &meta.ports);
+        }
+        let host_veth = meta
+            .host_veth
+            .clone()
+            .unwrap_or_else(|| network::host_ifname(&meta.id));
+        pods::detach_pod_veth(&self.paths.pin_root, &host_veth);
+        // Usually gone already: the pair dies with the container's network namespace.
+        if let Err(e) = network::detach(&host_veth) {
+            tracing::warn!(id = %meta.id, veth = %host_veth, error = %e, "deleting the veth pair");
+        }
+        if let Some(config) = self.container_network(meta) {
+            // A failure leaves a lease without a container: the next allocation reclaims it.
+            if let Err(e) = Ipam::new(&config).release(&meta.id) {
+                tracing::warn!(id = %meta.id, error = %e, "releasing the container's address");
+            }
+        }
     }
 
     /// Records the started container in the data plane and tells the agent.
@@ -281,7 +535,12 @@ impl Engine {
             containers::register(
                 &self.paths.pin_root,
                 meta.cgroup_id,
-                ContainerRecord::default(),
+                ContainerRecord {
+                    // Network byte order: the octets as they are in memory.
+                    ipv4: meta.ip.map_or(0, |ip| u32::from_ne_bytes(ip.octets())),
+                    host_ifindex: meta.host_ifindex,
+                    ..ContainerRecord::default()
+                },
             )
             .map_err(|e| anyhow!("recording the container for the data plane: {e}"))?;
         }
@@ -311,6 +570,9 @@ impl Engine {
         let (err_r, err_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
         let pid = with_stdio(&out_w, &err_w, || self.runtime_create(&meta))?;
         drop((out_w, err_w));
+        if let Some(warning) = self.connect_network(&mut meta, pid)? {
+            tracing::warn!("{warning}");
+        }
         let forwarder = SignalForwarder::install()?;
         let relays = [relay(out_r, 1, log.try_clone()?), relay(err_r, 2, log)];
         self.runtime.start(&meta.id)?;
@@ -355,6 +617,11 @@ impl Engine {
                 if !answer.starts_with("started") {
                     bail!("the container monitor exited before the container started");
                 }
+                for line in answer.lines().skip(1) {
+                    if let Some(warning) = line.strip_prefix("warning: ") {
+                        tracing::warn!("{warning}");
+                    }
+                }
                 println!("{}", meta.id);
                 Ok(0)
             }
@@ -373,11 +640,16 @@ impl Engine {
         nix::unistd::dup2_stdout(&log)?;
         nix::unistd::dup2_stderr(&log)?;
         let pid = self.runtime_create(&meta)?;
+        let warning = self.connect_network(&mut meta, pid)?;
         let forwarder = SignalForwarder::install()?;
         self.runtime.start(&meta.id)?;
         self.started(&mut meta, pid)?;
         if let Some(mut f) = ready.take() {
-            f.write_all(b"started")?;
+            let mut message = String::from("started");
+            if let Some(warning) = warning {
+                message.push_str(&format!("\nwarning: {warning}"));
+            }
+            f.write_all(message.as_bytes())?;
         }
         let code = forwarder.wait_for(nix::unistd::Pid::from_raw(pid));
         self.exited(&meta.id, code);
@@ -437,6 +709,7 @@ impl Engine {
         {
             tracing::warn!(id = %meta.id, error = %e, "removing the data plane record");
         }
+        self.disconnect_network(&meta);
         let dir = self.dir(&meta.id);
         Rootfs::at(&dir)
             .remove()
@@ -504,6 +777,17 @@ impl Engine {
             "CgroupId": meta.cgroup_id,
             "CgroupsPath": state.as_ref().map(|s| s.cgroups_path.clone()),
             "NetNs": state.as_ref().filter(|s| s.pid > 0).map(|s| format!("/proc/{}/ns/net", s.pid)),
+            "NetworkSettings": {
+                "Mode": meta.network_mode,
+                "Bridge": meta.bridge,
+                "Subnet": meta.subnet,
+                "IPAddress": meta.ip,
+                "IPPrefixLen": meta.subnet.map(|s| s.prefix_len()),
+                "Gateway": meta.gateway,
+                "HostVeth": meta.host_veth,
+                "HostIfindex": meta.host_ifindex,
+                "Ports": meta.ports,
+            },
             "DataPlaneRecord": record.map(|r| serde_json::json!({
                 "ipv4": std::net::Ipv4Addr::from(u32::from_be(r.ipv4)).to_string(),
                 "host_ifindex": r.host_ifindex, "identity": r.identity, "flags": r.flags,
@@ -531,6 +815,7 @@ impl Engine {
             "cgroup_id": meta.cgroup_id,
             "pid": meta.pid,
             "netns": (meta.pid > 0 && event == "start").then(|| format!("/proc/{}/ns/net", meta.pid)),
+            "ipv4": meta.ip,
             "exit_code": meta.exit_code,
         });
         let socket = self.paths.api_socket.clone();
@@ -614,42 +899,63 @@ fn wait_exit(pid: i32, timeout: Duration) -> bool {
     ready > 0
 }
 
-/// A new network namespace starts with `lo` down; containers expect 127.0.0.1 to work.
-fn bring_up_loopback(pid: i32) -> Result<()> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))?;
-    // SAFETY: single-threaded CLI; the child only makes a few syscalls and _exits.
-    match unsafe { fork() }? {
-        ForkResult::Child => {
-            let ok =
-                nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).is_ok() && set_lo_up();
-            // SAFETY: ends the helper child without atexit handlers.
-            unsafe { libc::_exit(if ok { 0 } else { 1 }) }
-        }
-        ForkResult::Parent { child } => match nix::sys::wait::waitpid(child, None)? {
-            nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-            other => bail!("bringing up lo in the container's network namespace: {other:?}"),
-        },
+/// Writes the container's `/etc/hosts` and `/etc/resolv.conf` into its directory and mounts
+/// them read-only over the image's; with `--network host` the container shares the host's
+/// namespace and so the host's files, plus its own names.
+fn write_etc_files(
+    dir: &Path,
+    mode: NetworkMode,
+    config: Option<&NetworkConfig>,
+    ip: Option<Ipv4Addr>,
+    names: &[&str],
+    run: &mut spec::RunSpec,
+) -> Result<()> {
+    let (hosts, resolv) = match (mode, config) {
+        (NetworkMode::Bridge, Some(config)) => (
+            etc_files::hosts(ip, names),
+            etc_files::resolv_conf(&config.dns),
+        ),
+        (NetworkMode::Host, _) => (
+            etc_files::hosts_for_host_network(
+                &std::fs::read_to_string("/etc/hosts").unwrap_or_default(),
+                names,
+            ),
+            std::fs::read_to_string(network::HOST_RESOLV_CONF).unwrap_or_default(),
+        ),
+        _ => (
+            etc_files::hosts(None, names),
+            etc_files::resolv_conf_no_network(),
+        ),
+    };
+    for (file, content, destination) in [
+        ("hosts", hosts, "/etc/hosts"),
+        ("resolv.conf", resolv, "/etc/resolv.conf"),
+    ] {
+        let source = dir.join(file);
+        etc_files::write(&source, &content)?;
+        run.bind_files.push((source, destination.to_owned()));
     }
+    run.host_network = mode == NetworkMode::Host;
+    Ok(())
 }
 
-fn set_lo_up() -> bool {
-    // SAFETY: plain socket/ioctl calls on a struct ifreq we own.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return false;
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let ok = libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut req) == 0 && {
-            req.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            libc::ioctl(sock, libc::SIOCSIFFLAGS, &req) == 0
-        };
-        libc::close(sock);
-        ok
+/// With no data plane loaded the container is connected, but nothing is published or enforced
+/// in eBPF until an agent runs. Said once per process (a foreground run and a monitor each start
+/// one container, so once per container at most).
+fn no_dataplane_warning(pin_root: &Path, ports: &[PublishedPort]) -> Option<String> {
+    static SAID: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if SAID.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        return None;
     }
+    Some(format!(
+        "no berth data plane is loaded under {}{}: start `berth agent`",
+        pin_root.display(),
+        if ports.is_empty() {
+            ""
+        } else {
+            ", so published ports do not forward yet"
+        }
+    ))
 }
 
 /// Runs a clean-up closure on drop unless disarmed.
@@ -669,5 +975,36 @@ impl<F: FnOnce()> Drop for Guard<F> {
         if let Some(f) = self.0.take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_written_before_networking_still_load() {
+        let old = serde_json::json!({
+            "id": "abc", "name": "web", "image": "busybox", "image_id": "sha256:00",
+            "command": ["sh"], "labels": {}, "created": "2026-01-01T00:00:00Z",
+            "started_at": null, "finished_at": null, "exit_code": null, "pid": 0,
+            "cgroup_id": 0, "stop_signal": "SIGTERM", "auto_remove": false, "layers": [],
+        });
+        let meta: ContainerMeta = serde_json::from_value(old).expect("old record");
+        assert_eq!(meta.network_mode, NetworkMode::None, "they had only lo");
+        assert!(meta.ip.is_none() && meta.ports.is_empty() && !meta.ports_published);
+
+        let mut current = meta.clone();
+        current.network_mode = NetworkMode::Bridge;
+        current.ip = Some(Ipv4Addr::new(10, 88, 0, 2));
+        current.subnet = Some("10.88.0.0/16".parse().expect("subnet"));
+        current.ports = vec!["8080:80/udp".parse().expect("port")];
+        let json = serde_json::to_value(&current).expect("json");
+        assert_eq!(json["network_mode"], "bridge");
+        assert_eq!(json["ip"], "10.88.0.2");
+        assert_eq!(json["subnet"], "10.88.0.0/16");
+        let back: ContainerMeta = serde_json::from_value(json).expect("round trip");
+        assert_eq!(back.ip, current.ip);
+        assert_eq!(back.ports, current.ports);
     }
 }

@@ -82,6 +82,11 @@ pub struct RunSpec {
     pub annotations: BTreeMap<String, String>,
     /// cgroupsPath (relative to each hierarchy root).
     pub cgroups_path: String,
+    /// Host files bind-mounted read-only into the container (source, destination), after the
+    /// standard mounts: the container's own `/etc/hosts` and `/etc/resolv.conf`.
+    pub bind_files: Vec<(PathBuf, String)>,
+    /// Share the host's network namespace (`--network host`) instead of getting a new one.
+    pub host_network: bool,
 }
 
 /// Parses `64m`, `1g`, `512k`, `1048576` (binary multiples, as Docker does).
@@ -171,6 +176,32 @@ pub fn build(image: &ImageConfig, run: &RunSpec, rootfs: &Path) -> Result<Spec, 
         ),
     };
 
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for (source, destination) in &run.bind_files {
+        if !destination.starts_with('/') {
+            return Err(format!("mount destination {destination:?} is not absolute"));
+        }
+        mounts.push(json!({
+            "destination": destination, "type": "bind", "source": source,
+            "options": ["bind", "ro", "nosuid", "nodev", "noexec"],
+        }));
+    }
+    let mut namespaces = vec![json!({"type": "pid"})];
+    if !run.host_network {
+        namespaces.push(json!({"type": "network"}));
+    }
+    for ns in ["ipc", "uts", "mount", "cgroup"] {
+        namespaces.push(json!({"type": ns}));
+    }
+
     let config = json!({
         "ociVersion": "1.0.2",
         "hostname": run.hostname,
@@ -186,18 +217,10 @@ pub fn build(image: &ImageConfig, run: &RunSpec, rootfs: &Path) -> Result<Spec, 
             },
             "noNewPrivileges": false,
         },
-        "mounts": [
-            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
-            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
-            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
-            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
-            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
-            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]},
-        ],
+        "mounts": mounts,
         "annotations": run.annotations,
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "cgroup"}],
+            "namespaces": namespaces,
             "maskedPaths": MASKED_PATHS,
             "readonlyPaths": READONLY_PATHS,
             "resources": resources,
@@ -378,6 +401,53 @@ mod tests {
         let v = serde_json::to_value(&defaulted).expect("json");
         assert_eq!(v["process"]["args"], json!(["/entry", "default"]));
         assert_eq!(v["linux"]["seccomp"]["defaultAction"], "SCMP_ACT_ERRNO");
+    }
+
+    #[test]
+    fn network_files_are_mounted_read_only_and_host_network_shares_the_namespace() {
+        let dir = rootfs();
+        let image = ImageConfig {
+            cmd: vec!["/bin/sh".into()],
+            ..Default::default()
+        };
+        let run = RunSpec {
+            bind_files: vec![(dir.path().join("hosts"), "/etc/hosts".into())],
+            ..Default::default()
+        };
+        let v = serde_json::to_value(build(&image, &run, dir.path()).expect("spec")).expect("json");
+        let mounts = v["mounts"].as_array().expect("mounts");
+        let hosts = mounts
+            .iter()
+            .find(|m| m["destination"] == "/etc/hosts")
+            .expect("hosts mount");
+        assert_eq!(hosts["type"], "bind");
+        assert!(
+            hosts["options"]
+                .as_array()
+                .expect("options")
+                .contains(&json!("ro"))
+        );
+        let types = |v: &serde_json::Value| -> Vec<String> {
+            v["linux"]["namespaces"]
+                .as_array()
+                .expect("namespaces")
+                .iter()
+                .map(|n| n["type"].as_str().unwrap_or_default().to_owned())
+                .collect()
+        };
+        assert!(types(&v).contains(&"network".to_owned()));
+        let host = RunSpec {
+            host_network: true,
+            ..Default::default()
+        };
+        let v =
+            serde_json::to_value(build(&image, &host, dir.path()).expect("spec")).expect("json");
+        assert!(
+            !types(&v).contains(&"network".to_owned()),
+            "{:?}",
+            types(&v)
+        );
+        assert!(types(&v).contains(&"uts".to_owned()));
     }
 
     #[test]

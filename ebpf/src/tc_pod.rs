@@ -1,0 +1,275 @@
+//! `tc_pod_ingress`: tc ingress on a pod's host-side veth, i.e. every packet the pod sends.
+//!
+//! - Replies of translated flows (a backend answering through NodePort on the uplink, or a pod
+//!   answering a client that reached it through `tc` DNAT) get their source restored to the
+//!   frontend: reverse NAT from the conntrack entry the translating program recorded.
+//! - Packets to a service frontend that did not pass a socket hook (a pod outside the cgroup
+//!   the socket programs are attached to, raw sockets) are DNATed here with a conntrack entry.
+//!   A pod reaching itself through its service (hairpin) is also source-NATed to the node's
+//!   bridge address, or its own reply would never leave its namespace to be reverse-NATed.
+//! - Everything else passes untouched.
+
+use aya_ebpf::{
+    EbpfContext as _,
+    bindings::{
+        BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT, bpf_fib_lookup as FibParams,
+    },
+    helpers::{bpf_fib_lookup, bpf_redirect_neigh},
+    macros::classifier,
+    programs::TcContext,
+};
+use berth_common::lb::{
+    AFFINITY_CLIENT_IP, CT_F_NODE, CT_F_REPLY, CT_F_SNAT, CtKey, CtValue, LbStat, PROTO_TCP,
+    PROTO_UDP, SCOPE_INTERNAL,
+};
+
+use crate::{
+    lb::{Client, ct_create, ct_lookup, flow_hash, lookup_frontend, now_ns, select_backend},
+    maps::{LB_CONFIG, count_lb},
+    net::{ETH_HDR_LEN, ETH_P_IP, IPV4_FRAG_OFFSET_MASK, IPV4_MIN_HDR_LEN},
+};
+
+const IP_CSUM_OFF: usize = ETH_HDR_LEN + 10;
+const IP_SRC_OFF: usize = ETH_HDR_LEN + 12;
+const IP_DST_OFF: usize = ETH_HDR_LEN + 16;
+const TCP_FIN_RST: u8 = 0x01 | 0x04;
+
+#[classifier]
+pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
+    handle(&ctx).unwrap_or(TC_ACT_OK as i32)
+}
+
+/// The parts of a packet the NAT needs.
+struct Flow {
+    key: CtKey,
+    l4: usize,
+    closing: bool,
+}
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Option<Flow> {
+    let ethertype: u16 = ctx.load(12).ok()?;
+    if u16::from_be(ethertype) != ETH_P_IP {
+        return None;
+    }
+    let ip: [u8; IPV4_MIN_HDR_LEN] = ctx.load(ETH_HDR_LEN).ok()?;
+    let ihl = usize::from(ip[0] & 0x0f) * 4;
+    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HDR_LEN {
+        return None;
+    }
+    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0 {
+        return None;
+    }
+    let proto = ip[9];
+    if proto != PROTO_TCP && proto != PROTO_UDP {
+        return None;
+    }
+    let l4 = ETH_HDR_LEN + ihl;
+    let ports: [u16; 2] = ctx.load(l4).ok()?;
+    let closing = proto == PROTO_TCP && ctx.load::<u8>(l4 + 13).ok()? & TCP_FIN_RST != 0;
+    Some(Flow {
+        key: CtKey {
+            saddr: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
+            daddr: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
+            sport: ports[0],
+            dport: ports[1],
+            proto,
+            _pad: [0; 3],
+        },
+        l4,
+        closing,
+    })
+}
+
+#[inline(always)]
+fn handle(ctx: &TcContext) -> Option<i32> {
+    let flow = parse(ctx)?;
+    let k = flow.key;
+    if let Some(ct) = ct_lookup(&k, flow.closing) {
+        if ct.flags & CT_F_REPLY != 0 {
+            // Backend → client: the source becomes the frontend again (and with hairpin SNAT,
+            // the destination becomes the client again).
+            rewrite(
+                ctx, &flow, IP_SRC_OFF, k.saddr, ct.addr, 0, k.sport, ct.port,
+            )?;
+            if ct.flags & CT_F_SNAT != 0 {
+                rewrite(
+                    ctx,
+                    &flow,
+                    IP_DST_OFF,
+                    k.daddr,
+                    ct.snat_addr,
+                    2,
+                    k.dport,
+                    ct.snat_port,
+                )?;
+            }
+            count_lb(LbStat::TcRevnat);
+            if ct.flags & CT_F_NODE != 0 {
+                return Some(route_out(ctx, ct.addr, k.daddr));
+            }
+        } else {
+            rewrite(
+                ctx, &flow, IP_DST_OFF, k.daddr, ct.addr, 2, k.dport, ct.port,
+            )?;
+            if ct.flags & CT_F_SNAT != 0 {
+                rewrite(
+                    ctx,
+                    &flow,
+                    IP_SRC_OFF,
+                    k.saddr,
+                    ct.snat_addr,
+                    0,
+                    k.sport,
+                    ct.snat_port,
+                )?;
+            }
+            count_lb(LbStat::TcForwarded);
+        }
+        return Some(TC_ACT_OK as i32);
+    }
+
+    let (fkey, fe) = lookup_frontend(k.daddr, k.dport, k.proto, SCOPE_INTERNAL)?;
+    let client = Client {
+        kind: AFFINITY_CLIENT_IP,
+        id: u64::from(k.saddr),
+    };
+    let hash = flow_hash(k.saddr, k.daddr, k.sport, k.dport, k.proto);
+    let Some(backend) = select_backend(&fkey, &fe, hash, client) else {
+        count_lb(LbStat::TcNoBackend);
+        return Some(TC_ACT_SHOT as i32);
+    };
+
+    // Hairpin: the pod is its own backend.
+    let hairpin = LB_CONFIG.get(0).map(|c| c.hairpin_addr).unwrap_or(0);
+    let snat = backend.addr == k.saddr && hairpin != 0;
+    let new_src = if snat { hairpin } else { k.saddr };
+    let now = now_ns();
+    let fwd = CtValue {
+        addr: backend.addr,
+        port: backend.port,
+        snat_addr: new_src,
+        snat_port: k.sport,
+        flags: if snat { CT_F_SNAT } else { 0 },
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    let rev_key = CtKey {
+        saddr: backend.addr,
+        daddr: new_src,
+        sport: backend.port,
+        dport: k.sport,
+        proto: k.proto,
+        _pad: [0; 3],
+    };
+    let rev = CtValue {
+        addr: k.daddr,
+        port: k.dport,
+        snat_addr: k.saddr,
+        snat_port: k.sport,
+        flags: CT_F_REPLY | if snat { CT_F_SNAT } else { 0 },
+        _pad: [0; 3],
+        last_seen_ns: now,
+    };
+    if !ct_create(&k, &fwd, &rev_key, &rev) {
+        return Some(TC_ACT_SHOT as i32);
+    }
+    rewrite(
+        ctx,
+        &flow,
+        IP_DST_OFF,
+        k.daddr,
+        backend.addr,
+        2,
+        k.dport,
+        backend.port,
+    )?;
+    if snat {
+        rewrite(
+            ctx, &flow, IP_SRC_OFF, k.saddr, new_src, 0, k.sport, k.sport,
+        )?;
+    }
+    count_lb(LbStat::TcForwarded);
+    Some(TC_ACT_OK as i32)
+}
+
+/// Replaces one address (at `addr_off`) and its port (at `l4 + port_off`), fixing the IPv4
+/// header checksum and the L4 checksum (which covers the address through the pseudo-header).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn rewrite(
+    ctx: &TcContext,
+    flow: &Flow,
+    addr_off: usize,
+    old_addr: u32,
+    new_addr: u32,
+    port_off: usize,
+    old_port: u16,
+    new_port: u16,
+) -> Option<()> {
+    let csum_off = flow.l4 + if flow.key.proto == PROTO_TCP { 16 } else { 6 };
+    // A UDP checksum of 0 means "none" and must stay 0; the kernel skips it with this flag.
+    let mangled = if flow.key.proto == PROTO_UDP {
+        u64::from(BPF_F_MARK_MANGLED_0)
+    } else {
+        0
+    };
+    if old_addr != new_addr {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_addr),
+            u64::from(new_addr),
+            u64::from(BPF_F_PSEUDO_HDR) | mangled | 4,
+        )
+        .ok()?;
+        ctx.l3_csum_replace(IP_CSUM_OFF, u64::from(old_addr), u64::from(new_addr), 4)
+            .ok()?;
+        ctx.store(addr_off, &new_addr, 0).ok()?;
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(
+            csum_off,
+            u64::from(old_port),
+            u64::from(new_port),
+            mangled | 2,
+        )
+        .ok()?;
+        ctx.store(flow.l4 + port_off, &new_port, 0).ok()?;
+    }
+    Some(())
+}
+
+/// `BPF_FIB_LKUP_RET_SUCCESS` / `BPF_FIB_LKUP_RET_NO_NEIGH`: a route exists (the neighbour may
+/// still need resolving, which `bpf_redirect_neigh` does).
+const FIB_SUCCESS: i64 = 0;
+const FIB_NO_NEIGH: i64 = 7;
+const AF_INET: u8 = 2;
+
+/// Sends a reverse-NATed reply whose source is a node address straight out of the interface the
+/// FIB routes its destination through. Left to the stack, a packet arriving on a pod's veth with
+/// a local source address is dropped as a martian. Falls back to the stack when there is no
+/// route (it then drops, as it would have anyway).
+#[inline(always)]
+fn route_out(ctx: &TcContext, src: u32, dst: u32) -> i32 {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid request skeleton.
+    let mut params: FibParams = unsafe { core::mem::zeroed() };
+    params.family = AF_INET;
+    // SAFETY: the skb pointer is the program's context; ifindex is readable.
+    params.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    params.__bindgen_anon_3.ipv4_src = src;
+    params.__bindgen_anon_4.ipv4_dst = dst;
+    // SAFETY: valid context and a params struct of the size passed.
+    let rc = unsafe {
+        bpf_fib_lookup(
+            ctx.as_ptr(),
+            &mut params,
+            core::mem::size_of::<FibParams>() as i32,
+            0,
+        )
+    };
+    if rc != FIB_SUCCESS && rc != FIB_NO_NEIGH {
+        return TC_ACT_OK as i32;
+    }
+    // SAFETY: no neighbour parameters: the kernel resolves the next hop itself.
+    unsafe { bpf_redirect_neigh(params.ifindex, core::ptr::null_mut(), 0, 0) as i32 }
+}
