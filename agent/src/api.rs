@@ -38,6 +38,9 @@ pub mod paths {
     pub const METRICS: &str = "/metrics";
 }
 
+/// Largest request body the API accepts.
+pub const MAX_REQUEST_BYTES: usize = 256 << 20;
+
 /// What the handlers share.
 pub struct ApiState {
     pub layout: PinLayout,
@@ -82,6 +85,9 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
             "/v1/services/{namespace}/{name}",
             axum::routing::delete(delete_service),
         )
+        // A node's whole service set arrives in one apply (10,000 services with their slices
+        // are about 21 MiB of YAML); axum's default limit is 2 MiB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
         .with_state(state)
 }
 

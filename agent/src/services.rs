@@ -8,7 +8,7 @@
 //! change, so a restarted agent reconciles from what was asked, not from what the maps hold.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     net::Ipv4Addr,
     path::{Path, PathBuf},
     time::Instant,
@@ -62,6 +62,8 @@ pub struct ServiceStore {
     path: PathBuf,
     writer: LbWriter,
     metrics: ServiceMetrics,
+    /// The frontend keys programmed for each service, so a change rewrites only its service.
+    by_service: BTreeMap<ServiceRef, BTreeSet<FrontendKey>>,
 }
 
 impl ServiceStore {
@@ -101,6 +103,7 @@ impl ServiceStore {
             path,
             writer,
             metrics,
+            by_service: BTreeMap::new(),
         };
         store.refresh_node();
         let report = store.reconcile(&store.catalog.clone())?;
@@ -194,7 +197,7 @@ impl ServiceStore {
         summary: serde_json::Value,
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
-        let dataplane = self.reconcile(&next)?;
+        let dataplane = self.reconcile_changed(&next)?;
         self.catalog = next;
         self.persist()?;
         Ok(Outcome {
@@ -205,11 +208,66 @@ impl ServiceStore {
         })
     }
 
+    /// Writes only the services that differ between the current catalog and `next`: one
+    /// service's change costs the same with 10 or 10,000 services.
+    fn reconcile_changed(&mut self, next: &Catalog) -> Result<ReconcileReport, StoreError> {
+        let timer = self.metrics.reconcile_seconds.start_timer();
+        let mut affected: BTreeSet<&ServiceRef> = BTreeSet::new();
+        for entry in self.catalog.services().chain(next.services()) {
+            let svc = &entry.service;
+            if affected.contains(svc) {
+                continue;
+            }
+            let same = self.catalog.service(svc) == next.service(svc)
+                && self.catalog.slices_of(svc).eq(next.slices_of(svc));
+            if !same {
+                affected.insert(svc);
+            }
+        }
+        let mut remove = Vec::new();
+        let mut upsert = Vec::new();
+        let mut index = Vec::new();
+        for svc in affected {
+            let desired = desired_frontends(&next.frontends_of(svc, &self.ctx));
+            let keys: BTreeSet<FrontendKey> = desired.iter().map(|d| d.key).collect();
+            if let Some(old) = self.by_service.get(svc) {
+                remove.extend(old.iter().filter(|k| !keys.contains(k)).copied());
+            }
+            upsert.extend(desired);
+            index.push((svc.clone(), keys));
+        }
+        let report = self.writer.apply_changes(&remove, &upsert)?;
+        for (svc, keys) in index {
+            if keys.is_empty() {
+                self.by_service.remove(&svc);
+            } else {
+                self.by_service.insert(svc, keys);
+            }
+        }
+        timer.observe_duration();
+        self.record(next, &report);
+        Ok(report)
+    }
+
+    /// Makes the maps hold exactly `catalog`'s frontends (start-up).
     fn reconcile(&mut self, catalog: &Catalog) -> Result<ReconcileReport, StoreError> {
         let timer = self.metrics.reconcile_seconds.start_timer();
-        let desired = desired_frontends(&catalog.frontends(&self.ctx));
+        let frontends = catalog.frontends(&self.ctx);
+        let desired = desired_frontends(&frontends);
         let report = self.writer.reconcile(&desired)?;
+        self.by_service.clear();
+        for (fe, d) in frontends.iter().zip(&desired) {
+            self.by_service
+                .entry(fe.service.clone())
+                .or_default()
+                .insert(d.key);
+        }
         timer.observe_duration();
+        self.record(catalog, &report);
+        Ok(report)
+    }
+
+    fn record(&self, catalog: &Catalog, report: &ReconcileReport) {
         let (frontends, backends) = self.writer.counts();
         self.metrics.services.set(catalog.services().count() as i64);
         self.metrics.frontends.set(frontends as i64);
@@ -217,7 +275,6 @@ impl ServiceStore {
         for conflict in &report.conflicts {
             tracing::warn!(%conflict, "frontend not programmed");
         }
-        Ok(report)
     }
 
     fn persist(&self) -> Result<(), StoreError> {

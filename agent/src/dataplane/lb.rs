@@ -375,19 +375,28 @@ impl LbWriter {
     /// Makes the maps hold exactly `desired` (besides published ports). Capacity is checked
     /// first: a change that does not fit is refused before anything is written.
     pub fn reconcile(&mut self, desired: &[DesiredFrontend]) -> Result<ReconcileReport, LbError> {
-        let wanted: BTreeMap<FrontendKey, &DesiredFrontend> =
-            desired.iter().map(|d| (d.key, d)).collect();
-        self.check_capacity(&wanted)?;
-        let mut report = ReconcileReport::default();
+        let wanted: BTreeSet<FrontendKey> = desired.iter().map(|d| d.key).collect();
+        let stale: Vec<FrontendKey> = self
+            .programmed
+            .keys()
+            .filter(|k| !wanted.contains(k))
+            .copied()
+            .collect();
+        self.apply_changes(&stale, desired)
+    }
 
-        for (key, want) in &wanted {
-            let same = self.programmed.get(key).is_some_and(|p| {
-                p.backends == want.backends
-                    && affinity_of(&p.frontend) == want.affinity_timeout_s
-                    && (p.frontend.flags & FRONTEND_F_MAGLEV != 0)
-                        == (want.maglev && !want.backends.is_empty())
-            });
-            if same {
+    /// Removes the frontends `remove` and writes `upsert` (each only if it differs from what is
+    /// programmed): the incremental form of [`LbWriter::reconcile`], for one service's change.
+    pub fn apply_changes(
+        &mut self,
+        remove: &[FrontendKey],
+        upsert: &[DesiredFrontend],
+    ) -> Result<ReconcileReport, LbError> {
+        self.check_capacity(remove, upsert)?;
+        let mut report = ReconcileReport::default();
+        for want in upsert {
+            let key = &want.key;
+            if self.is_programmed(want) {
                 report.frontends_unchanged += 1;
                 continue;
             }
@@ -409,15 +418,9 @@ impl LbWriter {
                 report.frontends_added += 1;
             }
         }
-        let stale: Vec<FrontendKey> = self
-            .programmed
-            .keys()
-            .filter(|k| !wanted.contains_key(k))
-            .copied()
-            .collect();
-        for key in stale {
-            if let Some(old) = self.programmed.remove(&key) {
-                let _ = self.maps.frontends.remove(&key);
+        for key in remove {
+            if let Some(old) = self.programmed.remove(key) {
+                let _ = self.maps.frontends.remove(key);
                 self.delete_set(&old);
                 report.frontends_removed += 1;
             }
@@ -425,23 +428,45 @@ impl LbWriter {
         Ok(report)
     }
 
+    /// Whether `want` is exactly what the maps hold for its key.
+    fn is_programmed(&self, want: &DesiredFrontend) -> bool {
+        self.programmed.get(&want.key).is_some_and(|p| {
+            p.backends == want.backends
+                && affinity_of(&p.frontend) == want.affinity_timeout_s
+                && (p.frontend.flags & FRONTEND_F_MAGLEV != 0)
+                    == (want.maglev && !want.backends.is_empty())
+        })
+    }
+
     fn check_capacity(
         &self,
-        wanted: &BTreeMap<FrontendKey, &DesiredFrontend>,
+        remove: &[FrontendKey],
+        upsert: &[DesiredFrontend],
     ) -> Result<(), LbError> {
-        if wanted.len() > maps::LB_FRONTENDS_MAX_ENTRIES as usize {
+        let removed: BTreeSet<&FrontendKey> = remove.iter().collect();
+        let upserted: BTreeSet<&FrontendKey> = upsert.iter().map(|d| &d.key).collect();
+        let kept = self
+            .programmed
+            .keys()
+            .filter(|k| !removed.contains(k) && !upserted.contains(k))
+            .count();
+        let frontends = kept + upserted.len();
+        if frontends > maps::LB_FRONTENDS_MAX_ENTRIES as usize {
             return Err(LbError::Full {
                 map: maps::LB_FRONTENDS,
-                needed: wanted.len(),
+                needed: frontends,
                 capacity: maps::LB_FRONTENDS_MAX_ENTRIES,
             });
         }
-        // Worst moment of a reconcile: every old set still present plus the largest new set
-        // written next to its old one.
+        // Worst moment: every current set still present plus every new set written next to it
+        // (old sets are deleted only after their frontend switched).
         let current: usize = self.programmed.values().map(|p| p.backends.len()).sum();
-        let after: usize = wanted.values().map(|d| d.backends.len()).sum();
-        let largest = wanted.values().map(|d| d.backends.len()).max().unwrap_or(0);
-        let needed = current.max(after) + largest;
+        let written: usize = upsert
+            .iter()
+            .filter(|d| !self.is_programmed(d))
+            .map(|d| d.backends.len())
+            .sum();
+        let needed = current + written;
         if needed > maps::LB_BACKENDS_MAX_ENTRIES as usize {
             return Err(LbError::Full {
                 map: maps::LB_BACKENDS,
@@ -449,10 +474,15 @@ impl LbWriter {
                 capacity: maps::LB_BACKENDS_MAX_ENTRIES,
             });
         }
-        let maglev = wanted
+        let maglev = self
+            .programmed
             .values()
-            .filter(|d| d.maglev && !d.backends.is_empty())
-            .count();
+            .filter(|p| p.frontend.flags & FRONTEND_F_MAGLEV != 0)
+            .count()
+            + upsert
+                .iter()
+                .filter(|d| d.maglev && !d.backends.is_empty())
+                .count();
         if maglev > maps::LB_MAGLEV_MAX_ENTRIES as usize {
             return Err(LbError::Full {
                 map: maps::LB_MAGLEV,
