@@ -43,7 +43,12 @@ pub struct Outcome {
     pub text: String,
     pub summary: serde_json::Value,
     pub dataplane: ReconcileReport,
+    /// Reading and validating the manifests.
+    pub parse_seconds: f64,
+    /// Writing the change into the maps.
     pub reconcile_seconds: f64,
+    /// Saving the desired state.
+    pub persist_seconds: f64,
 }
 
 /// Prometheus instruments of the service reconcile path.
@@ -154,14 +159,18 @@ impl ServiceStore {
 
     /// Validates and applies manifests (YAML or JSON, one or many documents).
     pub fn apply(&mut self, text: &[u8], origin: &str) -> Result<Outcome, StoreError> {
+        let started = Instant::now();
         let objects = Catalog::parse(text, origin)?;
         let mut next = self.catalog.clone();
         let summary = next.apply(objects, &self.ctx)?;
-        self.commit(
+        let parsed = started.elapsed().as_secs_f64();
+        let mut outcome = self.commit(
             next,
             summary.to_string(),
             serde_json::to_value(&summary).unwrap_or_default(),
-        )
+        )?;
+        outcome.parse_seconds = parsed;
+        Ok(outcome)
     }
 
     /// Deletes the objects named in manifests.
@@ -198,13 +207,17 @@ impl ServiceStore {
     ) -> Result<Outcome, StoreError> {
         let started = Instant::now();
         let dataplane = self.reconcile_changed(&next)?;
+        let reconciled = started.elapsed().as_secs_f64();
         self.catalog = next;
+        let started = Instant::now();
         self.persist()?;
         Ok(Outcome {
             text,
             summary,
             dataplane,
-            reconcile_seconds: started.elapsed().as_secs_f64(),
+            parse_seconds: 0.0,
+            reconcile_seconds: reconciled,
+            persist_seconds: started.elapsed().as_secs_f64(),
         })
     }
 

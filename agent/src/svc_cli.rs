@@ -215,6 +215,24 @@ fn print_outcome(out: &serde_json::Value) {
     if let Some(text) = out.get("text").and_then(|t| t.as_str()) {
         print!("{text}");
     }
+    let secs = |k: &str| out.get(k).and_then(|v| v.as_f64()).unwrap_or(0.0) * 1000.0;
+    let d = out.get("dataplane");
+    let n = |k: &str| {
+        d.and_then(|d| d.get(k))
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    };
+    // On stderr: a summary for people, not for scripts parsing the object lines.
+    eprintln!(
+        "frontends: {} added, {} updated, {} removed, {} unchanged; read {:.1} ms, maps {:.1} ms, saved {:.1} ms",
+        n("frontends_added"),
+        n("frontends_updated"),
+        n("frontends_removed"),
+        n("frontends_unchanged"),
+        secs("parse_seconds"),
+        secs("reconcile_seconds"),
+        secs("persist_seconds"),
+    );
     if let Some(conflicts) = out
         .get("dataplane")
         .and_then(|d| d.get("conflicts"))

@@ -119,7 +119,7 @@ fn find_marker(bytes: &[u8]) -> Option<usize> {
 /// Splits the input into documents. JSON when it starts with `{` (one or more concatenated
 /// objects), YAML (`---`-separated, merge keys applied) otherwise or when JSON fails but YAML
 /// reads it.
-fn documents(bytes: &[u8], origin: &str) -> Result<Vec<Value>, Error> {
+pub(crate) fn documents(bytes: &[u8], origin: &str) -> Result<Vec<Value>, Error> {
     let bytes = bytes.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(bytes);
     let first = bytes.iter().find(|b| !b.is_ascii_whitespace());
     if first == Some(&b'{') {
@@ -527,25 +527,28 @@ fn typed<T: DeserializeOwned + Serialize>(
             return None;
         }
     }
-    // The plain deserializer is faster; the path-tracking one only runs to explain an error.
-    let value: T = match T::deserialize(doc).or_else(|_| serde_path_to_error::deserialize(doc)) {
-        Ok(v) => v,
-        Err(e) => {
-            let path = e.path().to_string();
-            let field = (path != ".").then_some(path);
-            problems.push(problem(field, e.into_inner().to_string()));
-            return None;
-        }
-    };
-    let back = match serde_json::to_value(&value) {
-        Ok(v) => v,
-        Err(e) => {
-            problems.push(problem(None, format!("cannot re-encode: {e}")));
-            return None;
-        }
-    };
+    // One pass: serde_ignored reports every key the typed object ignored (an unknown field),
+    // the path-tracking deserializer only runs to explain an error.
     let mut unknown = Vec::new();
-    unknown_fields(doc, &back, String::new(), &mut unknown);
+    let value: T = match serde_ignored::deserialize(doc, |path| {
+        if !is_null_at(doc, &path) {
+            unknown.push(path_string(&path));
+        }
+    }) {
+        Ok(v) => v,
+        Err(first) => match serde_path_to_error::deserialize::<_, T>(doc) {
+            Err(e) => {
+                let path = e.path().to_string();
+                let field = (path != ".").then_some(path);
+                problems.push(problem(field, e.into_inner().to_string()));
+                return None;
+            }
+            Ok(_) => {
+                problems.push(problem(None, first.to_string()));
+                return None;
+            }
+        },
+    };
     if unknown.is_empty() {
         Some(value)
     } else {
@@ -559,33 +562,41 @@ fn typed<T: DeserializeOwned + Serialize>(
     }
 }
 
-/// Collects the paths of keys of `input` that `typed` (the same object after a round trip
-/// through its type) lacks. Null values count as absent.
-fn unknown_fields(input: &Value, typed: &Value, path: String, out: &mut Vec<String>) {
-    match (input, typed) {
-        (Value::Object(a), Value::Object(b)) => {
-            for (key, value) in a {
-                if value.is_null() {
-                    continue;
-                }
-                let sub = if path.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{path}.{key}")
-                };
-                match b.get(key) {
-                    Some(t) => unknown_fields(value, t, sub, out),
-                    None => out.push(sub),
-                }
+/// `spec.ports[0].nodeport` for serde_ignored's path of an ignored key.
+fn path_string(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", path_string(parent)),
+        Path::Map { parent, key } => {
+            let parent = path_string(parent);
+            if parent.is_empty() {
+                key.clone()
+            } else {
+                format!("{parent}.{key}")
             }
         }
-        (Value::Array(a), Value::Array(b)) => {
-            for (i, (x, y)) in a.iter().zip(b).enumerate() {
-                unknown_fields(x, y, format!("{path}[{i}]"), out);
-            }
-        }
-        _ => {}
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => path_string(parent),
     }
+}
+
+/// Whether the input value at an ignored key is null: a null field counts as absent, as in
+/// kubectl.
+fn is_null_at(doc: &Value, path: &serde_ignored::Path<'_>) -> bool {
+    fn lookup<'a>(doc: &'a Value, path: &serde_ignored::Path<'_>) -> Option<&'a Value> {
+        use serde_ignored::Path;
+        match path {
+            Path::Root => Some(doc),
+            Path::Seq { parent, index } => lookup(doc, parent)?.get(*index),
+            Path::Map { parent, key } => lookup(doc, parent)?.get(key.as_str()),
+            Path::Some { parent }
+            | Path::NewtypeStruct { parent }
+            | Path::NewtypeVariant { parent } => lookup(doc, parent),
+        }
+    }
+    lookup(doc, path).is_some_and(Value::is_null)
 }
 
 #[cfg(test)]
