@@ -93,18 +93,29 @@ impl Status {
             }
         );
 
+        // Pin names cannot hold '/': a cgroup target is pinned as `cgroup:%sys%fs%cgroup`.
+        let targets: Vec<String> = self
+            .attachments
+            .iter()
+            .map(|a| match a.target.strip_prefix("cgroup:") {
+                Some(path) => format!("cgroup {}", path.replace('%', "/")),
+                None => a.target.clone(),
+            })
+            .collect();
+        let width = targets.iter().map(String::len).max().unwrap_or(0).max(16);
         let _ = writeln!(
             out,
-            "\nPROGRAM            ATTACHED TO      PROG ID  LINK ID"
+            "\nPROGRAM            {:<width$} PROG ID  LINK ID",
+            "ATTACHED TO"
         );
         if self.attachments.is_empty() {
             let _ = writeln!(out, "(no attachments)");
         }
-        for a in &self.attachments {
+        for (a, target) in self.attachments.iter().zip(&targets) {
             let _ = writeln!(
                 out,
-                "{:<18} {:<16} {:>7}  {:>7}",
-                a.program, a.target, a.program_id, a.link_id
+                "{:<18} {:<width$} {:>7}  {:>7}",
+                a.program, target, a.program_id, a.link_id
             );
         }
 

@@ -63,6 +63,11 @@ pub fn run(keep: bool) -> Result<()> {
         ],
     )?;
     sh::run("ip", &["-n", NETNS, "link", "set", POD_IF, "up"])?;
+    // Its traffic to the pod network goes through the host (services demo).
+    sh::run(
+        "ip",
+        &["-n", NETNS, "route", "add", "default", "via", HOST_ADDR],
+    )?;
 
     step("berth agent: load the kernel programs, pin the maps, attach XDP to the veth");
     let mut agent = Agent::start(&berth)?;
@@ -321,7 +326,12 @@ endpoints:
             &format!("for i in 1 2 3; do wget -qO- http://{CLUSTER_IP}/; done"),
         ],
     )?;
-    step("the NodePort from outside: XDP on the uplink DNATs, tc on the pod's veth reverse-NATs");
+    step(
+        "the NodePort from the demo namespace: processes on this machine, in any namespace, are \
+         translated at connect() (the socket hooks sit on the root cgroup); clients on other \
+         machines arrive through XDP on the uplink (the test suite checks that path from a \
+         client outside the agent's cgroup)",
+    );
     for _ in 0..4 {
         sh::run(
             "ip",

@@ -32,14 +32,18 @@ enum Command {
         /// Only run tests whose name contains this filter.
         filter: Option<String>,
     },
-    /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc.
+    /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc;
+    /// `services` = service load balancing vs kube-proxy's iptables and nftables layouts.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "runtime")]
         name: String,
-        /// Rounds (each runs every contender once).
+        /// Rounds (`runtime`: each runs every contender once).
         #[arg(long, default_value_t = 60)]
         rounds: usize,
+        /// Further arguments for the benchmark (`services`: see `berth-bench services --help`).
+        #[arg(last = true)]
+        extra: Vec<String>,
     },
     /// Run the demo: agent, status, traffic through the XDP program, metrics, restart, cleanup.
     Demo {
@@ -57,7 +61,11 @@ fn main() -> Result<()> {
             setup::run()?;
             test(!no_lint, filter.as_deref())
         }
-        Command::Bench { name, rounds } => {
+        Command::Bench {
+            name,
+            rounds,
+            extra,
+        } => {
             setup::run()?;
             sh::run(
                 "cargo",
@@ -71,16 +79,18 @@ fn main() -> Result<()> {
                 ],
             )?;
             let rounds = rounds.to_string();
-            sh::run(
-                "target/release/berth-bench",
-                &[
+            let mut args: Vec<&str> = match name.as_str() {
+                "services" => vec!["services", "--berth", "target/release/berth"],
+                _ => vec![
                     &name,
                     "--berth-runc",
                     "target/release/berth-runc",
                     "--rounds",
                     &rounds,
                 ],
-            )
+            };
+            args.extend(extra.iter().map(String::as_str));
+            sh::run("target/release/berth-bench", &args)
         }
         Command::Demo { keep } => {
             setup::run()?;
