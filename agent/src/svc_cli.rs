@@ -246,8 +246,8 @@ fn print_outcome(out: &serde_json::Value) {
 
 fn render_list(views: &[ServiceView]) -> String {
     let mut out = format!(
-        "{:<32} {:<13} {:<44} {:>8} {}\n",
-        "SERVICE", "TYPE", "FRONTENDS", "BACKENDS", "SOURCE"
+        "{:<32} {:<13} {:<44} {:>8}\n",
+        "SERVICE", "TYPE", "FRONTENDS", "BACKENDS"
     );
     for v in views {
         let kind = v
@@ -268,7 +268,7 @@ fn render_list(views: &[ServiceView]) -> String {
             .flat_map(|f| f.backends.iter().map(|b| (b.addr, b.port)))
             .collect();
         out.push_str(&format!(
-            "{:<32} {:<13} {:<44} {:>8} {}\n",
+            "{:<32} {:<13} {:<44} {:>8}\n",
             v.service,
             kind,
             if fronts.is_empty() {
@@ -277,7 +277,6 @@ fn render_list(views: &[ServiceView]) -> String {
                 fronts.join(",")
             },
             backends.len(),
-            "file"
         ));
     }
     out
