@@ -208,6 +208,14 @@ fn read_manifests(files: &[PathBuf]) -> anyhow::Result<(Vec<u8>, String)> {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(",");
+    if body.len() > crate::api::MAX_REQUEST_BYTES {
+        bail!(
+            "{origin}: {} bytes of manifests is more than the agent accepts in one change ({} bytes); \
+             apply them in parts",
+            body.len(),
+            crate::api::MAX_REQUEST_BYTES
+        );
+    }
     Ok((body, origin))
 }
 
