@@ -44,7 +44,14 @@ impl Fixture {
         let cg = cgroup.path.display().to_string();
         let mut args = vec!["--cgroup", cg.as_str()];
         args.extend_from_slice(extra);
-        let agent = AgentProcess::start(&paths, &args).expect("agent");
+        let agent = match AgentProcess::start(&paths, &args) {
+            Ok(agent) => agent,
+            Err(err) => {
+                // No Fixture exists yet to clean up on drop: remove the pins here.
+                paths.cleanup();
+                panic!("agent: {err:#}");
+            }
+        };
         Self {
             agent,
             agent_args: args.iter().map(|a| a.to_string()).collect(),
