@@ -314,7 +314,7 @@ impl ServiceStore {
     pub fn view(&self) -> Vec<ServiceView> {
         let mut by_service: BTreeMap<String, ServiceView> = BTreeMap::new();
         for entry in self.catalog.services() {
-            let key = entry_ref(entry).to_string();
+            let key = entry.service.to_string();
             by_service.insert(
                 key.clone(),
                 ServiceView {
@@ -335,10 +335,6 @@ impl ServiceStore {
     pub fn maps(&mut self) -> &mut crate::dataplane::lb::LbMaps {
         self.writer.maps()
     }
-}
-
-fn entry_ref(entry: &berth_services::ServiceEntry) -> ServiceRef {
-    entry.service.clone()
 }
 
 /// One service as `berth svc ls/show` print it.

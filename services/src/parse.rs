@@ -2,7 +2,7 @@
 
 use k8s_openapi::{
     api::{core::v1::Service, discovery::v1::EndpointSlice},
-    serde::{Serialize, de::DeserializeOwned},
+    serde::de::DeserializeOwned,
 };
 use serde::Deserialize as _;
 use serde_json::Value;
@@ -493,7 +493,7 @@ fn locate(problems: Vec<Problem>, location: &str) -> impl Iterator<Item = Proble
 
 /// Deserializes one object into its k8s-openapi type, then rejects fields the type does not
 /// know (k8s-openapi ignores them): every key of the input must survive a round trip.
-fn typed<T: DeserializeOwned + Serialize>(
+fn typed<T: DeserializeOwned>(
     doc: &Value,
     location: &str,
     kind: &str,

@@ -19,18 +19,20 @@ pub fn berth_bin() -> anyhow::Result<PathBuf> {
     if let Some(bin) = std::env::var_os("BERTH_BIN") {
         return Ok(bin.into());
     }
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/berth
+    target_bin("berth", "`cargo build -p berth`; `cargo xtask test` does")
+}
+
+/// Path of binary `name` in the target directory of the running test executable
+/// (target/<profile>/deps/<test>-<hash> → target/<profile>/<name>); `how` says how to build it.
+pub fn target_bin(name: &str, how: &str) -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let bin = exe
         .parent()
         .and_then(Path::parent)
-        .map(|dir| dir.join("berth"))
+        .map(|dir| dir.join(name))
         .context("locating the target directory")?;
     if !bin.exists() {
-        bail!(
-            "{} not found: build it first (`cargo build -p berth`; `cargo xtask test` does)",
-            bin.display()
-        );
+        bail!("{} not found: build it first ({how})", bin.display());
     }
     Ok(bin)
 }

@@ -195,12 +195,10 @@ pub fn client(
 }
 
 pub fn client_command(cgroup: Option<&Path>, netns: Option<&str>, args: &[&str]) -> Command {
-    // target/<profile>/deps/<test>-<hash> → target/<profile>/lbclient (cargo builds a test
-    // crate's binaries before its integration tests).
-    let bin = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("lbclient")))
-        .unwrap_or_else(|| PathBuf::from("lbclient"));
+    // Cargo builds a test crate's binaries before its integration tests; a missing one is
+    // reported by the spawn that follows, naming the path.
+    let bin = crate::agent::target_bin("lbclient", "`cargo test -p berth-tests` builds it")
+        .unwrap_or_else(|_| PathBuf::from("lbclient"));
     let mut cmd = Command::new(bin);
     if let Some(cg) = cgroup {
         cmd.arg("--cgroup").arg(cg);

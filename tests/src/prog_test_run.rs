@@ -5,7 +5,7 @@
 use aya::{
     Ebpf,
     maps::{MapData, PerCpuArray},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions, Xdp},
+    programs::{SchedClassifier, TestRunOptions, Xdp},
 };
 
 /// XDP verdicts (`enum xdp_action`).
@@ -40,6 +40,20 @@ pub struct Outcome<V> {
     pub data: Vec<u8>,
 }
 
+/// One BPF_PROG_TEST_RUN of a loaded packet program: (return value, the frame as left).
+fn run_once<P>(prog: &P, frame: &[u8]) -> anyhow::Result<(u32, Vec<u8>)>
+where
+    P: for<'o> aya::programs::TestRun<Opts<'o> = TestRunOptions<'o>, Result = aya::TestRunResult>,
+{
+    let mut out = vec![0u8; frame.len() + OUT_SLACK];
+    let mut opts = TestRunOptions::new();
+    opts.data_in = Some(frame);
+    opts.data_out = Some(&mut out);
+    let result = prog.test_run(opts)?;
+    out.truncate(result.data_size_out as usize);
+    Ok((result.return_value, out))
+}
+
 /// Headroom for programs that grow the frame (encapsulation, `bpf_xdp_adjust_head`).
 const OUT_SLACK: usize = 256;
 
@@ -58,46 +72,39 @@ impl TestRun {
 
     /// Runs XDP program `name` once on `frame`.
     pub fn xdp(&mut self, name: &str, frame: &[u8]) -> anyhow::Result<Outcome<XdpVerdict>> {
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
-            .try_into()?;
+        let prog: &mut Xdp = self.program(name)?;
         if prog.fd().is_err() {
             prog.load()?;
         }
-        let mut out = vec![0u8; frame.len() + OUT_SLACK];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = prog.test_run(opts)?;
-        out.truncate(result.data_size_out as usize);
+        let (verdict, data) = run_once(prog, frame)?;
         Ok(Outcome {
-            verdict: XdpVerdict::from(result.return_value),
-            data: out,
+            verdict: XdpVerdict::from(verdict),
+            data,
         })
     }
 
     /// Runs tc program `name` once on `frame`; returns the `TC_ACT_*` verdict.
     pub fn tc(&mut self, name: &str, frame: &[u8]) -> anyhow::Result<Outcome<i32>> {
-        let prog: &mut SchedClassifier = self
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
-            .try_into()?;
+        let prog: &mut SchedClassifier = self.program(name)?;
         if prog.fd().is_err() {
             prog.load()?;
         }
-        let mut out = vec![0u8; frame.len() + OUT_SLACK];
-        let mut opts = TestRunOptions::new();
-        opts.data_in = Some(frame);
-        opts.data_out = Some(&mut out);
-        let result = prog.test_run(opts)?;
-        out.truncate(result.data_size_out as usize);
+        let (verdict, data) = run_once(prog, frame)?;
         Ok(Outcome {
-            verdict: result.return_value as i32,
-            data: out,
+            verdict: verdict as i32,
+            data,
         })
+    }
+
+    fn program<'a, P>(&'a mut self, name: &str) -> anyhow::Result<&'a mut P>
+    where
+        &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow::anyhow!("no program {name} in the object"))?
+            .try_into()?)
     }
 
     /// Sum over CPUs of slot `index` of the per-CPU `u64` array `map`.

@@ -142,14 +142,41 @@ pub fn load_unpinned() -> Result<Ebpf> {
 }
 
 fn xdp_program(ebpf: &mut Ebpf) -> Result<&mut Xdp> {
-    ebpf.program_mut(programs::XDP_LB_INGRESS)
-        .ok_or(DataplaneError::MissingProgram(programs::XDP_LB_INGRESS))?
+    typed_program(ebpf, programs::XDP_LB_INGRESS)
+}
+
+/// Program `name` of the object as its concrete type `P`.
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
+        .ok_or(DataplaneError::MissingProgram(name))?
         .try_into()
         .map_err(|source| DataplaneError::Program {
             op: "typing",
-            program: programs::XDP_LB_INGRESS,
+            program: name,
             source,
         })
+}
+
+/// Program `name` as `P`, loaded into the kernel with `load` (each program type has its own
+/// `load`, aya has no trait for it).
+fn loaded_program<'a, P>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+    load: impl FnOnce(&mut P) -> Result<(), aya::programs::ProgramError>,
+) -> Result<&'a mut P>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    let program = typed_program::<P>(ebpf, name)?;
+    load(program).map_err(|source| DataplaneError::Program {
+        op: "loading",
+        program: name,
+        source,
+    })?;
+    Ok(program)
 }
 
 fn attach_xdp(xdp: &mut Xdp, layout: &PinLayout, iface: &str, mode: XdpAttachMode) -> Result<()> {

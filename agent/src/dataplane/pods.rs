@@ -123,20 +123,7 @@ pub fn detach_pod_veth(pin_root: &Path, host_ifname: &str) {
 /// gone are removed.
 pub(super) fn load_and_pin(ebpf: &mut aya::Ebpf, layout: &PinLayout) -> super::Result<()> {
     let name = programs::TC_POD_INGRESS;
-    let program: &mut SchedClassifier = ebpf
-        .program_mut(name)
-        .ok_or(DataplaneError::MissingProgram(name))?
-        .try_into()
-        .map_err(|source| DataplaneError::Program {
-            op: "typing",
-            program: name,
-            source,
-        })?;
-    program.load().map_err(|source| DataplaneError::Program {
-        op: "loading",
-        program: name,
-        source,
-    })?;
+    let program = super::loaded_program(ebpf, name, SchedClassifier::load)?;
     let pin = layout.prog(name);
     let _ = std::fs::remove_file(&pin);
     program.pin(&pin).map_err(|e| DataplaneError::Link {

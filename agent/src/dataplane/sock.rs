@@ -13,7 +13,7 @@ use aya::{
 };
 use berth_common::programs;
 
-use super::{DataplaneError, PinLayout, Result, detach_unlisted};
+use super::{DataplaneError, PinLayout, Result, detach_unlisted, loaded_program};
 
 /// The link target name of a cgroup directory (pin names cannot contain '/').
 pub fn cgroup_target(cgroup: &Path) -> String {
@@ -28,20 +28,7 @@ pub fn attach_all(ebpf: &mut Ebpf, layout: &PinLayout, cgroup: &Path) -> Result<
     })?;
     let target = cgroup_target(cgroup);
     for name in programs::SOCK_PROGRAMS {
-        let program: &mut CgroupSockAddr = ebpf
-            .program_mut(name)
-            .ok_or(DataplaneError::MissingProgram(name))?
-            .try_into()
-            .map_err(|source| DataplaneError::Program {
-                op: "typing",
-                program: name,
-                source,
-            })?;
-        program.load().map_err(|source| DataplaneError::Program {
-            op: "loading",
-            program: name,
-            source,
-        })?;
+        let program = loaded_program(ebpf, name, CgroupSockAddr::load)?;
         let pin = layout.link(name, &target);
         let link_err = |op, detail: String| DataplaneError::Link {
             op,
