@@ -10,8 +10,10 @@
 //! never re-opens a pinned map of the old layout by mistake.
 #![no_std]
 
+pub mod events;
 pub mod lb;
 pub mod maps;
+pub mod policy;
 pub mod programs;
 pub mod xdp;
 

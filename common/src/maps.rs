@@ -44,6 +44,30 @@ pub const LB_CONFIG: &str = "LB_CONFIG";
 /// Per-CPU load-balancing counters, indexed by [`crate::lb::LbStat`].
 pub const LB_STATS: &str = "LB_STATS";
 
+/// Endpoints under NetworkPolicy: host veth ifindex → [`crate::policy::PolicyEndpoint`].
+pub const POLICY_ENDPOINTS: &str = "POLICY_ENDPOINTS";
+pub const POLICY_ENDPOINTS_MAX_ENTRIES: u32 = 16_384;
+/// Address prefix → identity (LPM trie: pod /32s, node addresses, ipBlock prefixes).
+pub const POLICY_IPCACHE: &str = "POLICY_IPCACHE";
+pub const POLICY_IPCACHE_MAX_ENTRIES: u32 = 262_144;
+/// Policy tables ([`crate::policy::PolicyRuleKey`] LPM trie → [`crate::policy::PolicyRuleValue`]).
+pub const POLICY_RULES: &str = "POLICY_RULES";
+pub const POLICY_RULES_MAX_ENTRIES: u32 = 1_048_576;
+/// Flows policy has allowed (LRU): 5-tuple → [`crate::policy::PolicyCtValue`].
+pub const POLICY_CT: &str = "POLICY_CT";
+pub const POLICY_CT_MAX_ENTRIES: u32 = 262_144;
+/// Per-CPU policy counters, indexed by [`crate::policy::PolicyStat`].
+pub const POLICY_STATS: &str = "POLICY_STATS";
+
+/// Event ring buffer ([`crate::events`]).
+pub const EVENTS: &str = "EVENTS";
+/// Per-CPU count of events lost because the ring was full.
+pub const EVENTS_LOST: &str = "EVENTS_LOST";
+/// Per-CPU rate limiter state per event kind ([`crate::events::RateState`]).
+pub const EVENT_RATE: &str = "EVENT_RATE";
+/// Event kinds `EVENT_RATE` has room for.
+pub const EVENT_KINDS: u32 = 8;
+
 /// Every map the kernel object declares, in the order `berth status` lists them.
 pub const ALL: &[&str] = &[
     XDP_STATS,
@@ -59,4 +83,12 @@ pub const ALL: &[&str] = &[
     LB_NODE_ADDRS,
     LB_CONFIG,
     LB_STATS,
+    POLICY_ENDPOINTS,
+    POLICY_IPCACHE,
+    POLICY_RULES,
+    POLICY_CT,
+    POLICY_STATS,
+    EVENTS,
+    EVENTS_LOST,
+    EVENT_RATE,
 ];

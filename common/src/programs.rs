@@ -15,6 +15,8 @@ pub const SOCK_PEERNAME4: &str = "sock_peername4";
 /// tc ingress on a pod's host-side veth (traffic from the pod): service DNAT for traffic that
 /// did not pass a socket hook, and reverse NAT of replies to translated flows.
 pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
+/// tc egress on a pod's host-side veth (traffic to the pod): the pod's ingress NetworkPolicy.
+pub const TC_POD_EGRESS: &str = "tc_pod_egress";
 
 /// The socket-level load-balancing programs, attached to the cgroup given by `--cgroup`.
 pub const SOCK_PROGRAMS: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_PEERNAME4];
@@ -27,4 +29,5 @@ pub const ALL: &[&str] = &[
     SOCK_RECVMSG4,
     SOCK_PEERNAME4,
     TC_POD_INGRESS,
+    TC_POD_EGRESS,
 ];

@@ -10,6 +10,8 @@ mod maps;
 #[cfg(target_arch = "bpf")]
 mod net;
 #[cfg(target_arch = "bpf")]
+mod policy;
+#[cfg(target_arch = "bpf")]
 mod ratelimit;
 #[cfg(target_arch = "bpf")]
 mod sock;

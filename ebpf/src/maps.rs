@@ -3,7 +3,7 @@
 use aya_ebpf::{
     bindings::BPF_F_NO_PREALLOC,
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
 };
 use berth_common::{
     ContainerRecord,
@@ -11,7 +11,9 @@ use berth_common::{
         AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, Frontend, FrontendKey,
         LbConfig, LbStat, MaglevTable, SockRevKey, SockRevValue,
     },
+    events::{EVENTS_RING_BYTES, RateState},
     maps::{self, CONTAINERS_MAX_ENTRIES},
+    policy::{PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue, PolicyStat},
     xdp::XdpStat,
 };
 
@@ -91,3 +93,53 @@ pub fn count_lb(stat: LbStat) {
         unsafe { *slot += 1 };
     }
 }
+
+// ---- NetworkPolicy (see `berth_common::policy`) ----
+
+/// Endpoints under policy, by host-side veth ifindex.
+#[map(name = "POLICY_ENDPOINTS")]
+pub static POLICY_ENDPOINTS: HashMap<u32, PolicyEndpoint> =
+    HashMap::with_max_entries(maps::POLICY_ENDPOINTS_MAX_ENTRIES, 0);
+
+/// Address prefix → identity.
+#[map(name = "POLICY_IPCACHE")]
+pub static POLICY_IPCACHE: LpmTrie<u32, u32> =
+    LpmTrie::with_max_entries(maps::POLICY_IPCACHE_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Every endpoint table's rules.
+#[map(name = "POLICY_RULES")]
+pub static POLICY_RULES: LpmTrie<PolicyRuleKey, PolicyRuleValue> =
+    LpmTrie::with_max_entries(maps::POLICY_RULES_MAX_ENTRIES, BPF_F_NO_PREALLOC);
+
+/// Flows policy allowed; LRU, garbage-collected by the agent.
+#[map(name = "POLICY_CT")]
+pub static POLICY_CT: LruHashMap<CtKey, PolicyCtValue> =
+    LruHashMap::with_max_entries(maps::POLICY_CT_MAX_ENTRIES, 0);
+
+/// Per-CPU policy counters, indexed by `PolicyStat`.
+#[map(name = "POLICY_STATS")]
+pub static POLICY_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(PolicyStat::COUNT, 0);
+
+/// Increments one policy counter (per-CPU, see [`count`]).
+#[inline(always)]
+pub fn count_policy(stat: PolicyStat) {
+    if let Some(slot) = POLICY_STATS.get_ptr_mut(stat as u32) {
+        // SAFETY: as in `count`: a valid per-CPU slot only this CPU writes.
+        unsafe { *slot += 1 };
+    }
+}
+
+// ---- events (see `berth_common::events`) ----
+
+/// Events for the agent's event stream.
+#[map(name = "EVENTS")]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
+
+/// Per-CPU count of events lost to a full ring.
+#[map(name = "EVENTS_LOST")]
+pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Per-CPU rate limiter per event kind.
+#[map(name = "EVENT_RATE")]
+pub static EVENT_RATE: PerCpuArray<RateState> =
+    PerCpuArray::with_max_entries(maps::EVENT_KINDS, 0);

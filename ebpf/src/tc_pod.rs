@@ -7,7 +7,11 @@
 //!   the socket programs are attached to, raw sockets) are DNATed here with a conntrack entry.
 //!   A pod reaching itself through its service (hairpin) is also source-NATed to the node's
 //!   bridge address, or its own reply would never leave its namespace to be reverse-NATed.
-//! - Everything else passes untouched.
+//! - Every packet is then subject to the pod's egress NetworkPolicy (`crate::policy`), on its
+//!   tuple as the pod's peer sees it: after DNAT, before reverse NAT.
+//!
+//! `tc_pod_egress` (tc egress on the same veth: every packet delivered to the pod) enforces the
+//! pod's ingress NetworkPolicy.
 
 use aya_ebpf::{
     EbpfContext as _,
@@ -24,6 +28,7 @@ use berth_common::lb::{
 };
 
 use crate::{
+    policy,
     lb::{Client, ct_create, ct_lookup, flow_hash, lookup_frontend, now_ns, select_backend},
     maps::{LB_CONFIG, count_lb},
     net::{ETH_HDR_LEN, ETH_P_IP, IPV4_FRAG_OFFSET_MASK, IPV4_MIN_HDR_LEN},
@@ -36,10 +41,43 @@ const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    handle(&ctx).unwrap_or(TC_ACT_OK as i32)
+    match parse(&ctx) {
+        Some(flow) => handle(&ctx, &flow).unwrap_or(TC_ACT_OK as i32),
+        // Not TCP/UDP over unfragmented IPv4: no service translation, policy only.
+        None => match policy::parse(&ctx) {
+            Some(t) if !policy::egress_ok(&ctx, &t) => TC_ACT_SHOT as i32,
+            _ => TC_ACT_OK as i32,
+        },
+    }
+}
+
+#[classifier]
+pub fn tc_pod_egress(ctx: TcContext) -> i32 {
+    if policy::tc_egress(&ctx) {
+        TC_ACT_OK as i32
+    } else {
+        TC_ACT_SHOT as i32
+    }
+}
+
+/// The pod's egress policy for `flow` with its destination replaced by `daddr:dport` (the
+/// backend a service translation chose, or the original destination).
+#[inline(always)]
+fn egress_ok(ctx: &TcContext, flow: &Flow, daddr: u32, dport: u16) -> bool {
+    let mut key = flow.key;
+    key.daddr = daddr;
+    key.dport = dport;
+    policy::egress_ok(
+        ctx,
+        &policy::Tuple {
+            key,
+            closing: flow.closing,
+        },
+    )
 }
 
 /// The parts of a packet the NAT needs.
+#[derive(Clone, Copy)]
 struct Flow {
     key: CtKey,
     l4: usize,
@@ -82,10 +120,18 @@ fn parse(ctx: &TcContext) -> Option<Flow> {
 }
 
 #[inline(always)]
-fn handle(ctx: &TcContext) -> Option<i32> {
-    let flow = parse(ctx)?;
+fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     let k = flow.key;
+    let flow = *flow;
     if let Some(ct) = ct_lookup(&k, flow.closing) {
+        let (pdaddr, pdport) = if ct.flags & CT_F_REPLY != 0 {
+            (k.daddr, k.dport)
+        } else {
+            (ct.addr, ct.port)
+        };
+        if !egress_ok(ctx, &flow, pdaddr, pdport) {
+            return Some(TC_ACT_SHOT as i32);
+        }
         if ct.flags & CT_F_REPLY != 0 {
             // Backend → client: the source becomes the frontend again (and with hairpin SNAT,
             // the destination becomes the client again).
@@ -129,7 +175,13 @@ fn handle(ctx: &TcContext) -> Option<i32> {
         return Some(TC_ACT_OK as i32);
     }
 
-    let (fkey, fe) = lookup_frontend(k.daddr, k.dport, k.proto, SCOPE_INTERNAL)?;
+    let Some((fkey, fe)) = lookup_frontend(k.daddr, k.dport, k.proto, SCOPE_INTERNAL) else {
+        return Some(if egress_ok(ctx, &flow, k.daddr, k.dport) {
+            TC_ACT_OK as i32
+        } else {
+            TC_ACT_SHOT as i32
+        });
+    };
     let client = Client {
         kind: AFFINITY_CLIENT_IP,
         id: u64::from(k.saddr),
@@ -140,6 +192,9 @@ fn handle(ctx: &TcContext) -> Option<i32> {
         return Some(TC_ACT_SHOT as i32);
     };
 
+    if !egress_ok(ctx, &flow, backend.addr, backend.port) {
+        return Some(TC_ACT_SHOT as i32);
+    }
     // Hairpin: the pod is its own backend.
     let hairpin = LB_CONFIG.get(0).map(|c| c.hairpin_addr).unwrap_or(0);
     let snat = backend.addr == k.saddr && hairpin != 0;

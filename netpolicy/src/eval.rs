@@ -40,6 +40,9 @@ pub enum Decision {
         direction: Direction,
         policies: Vec<String>,
     },
+    /// Ingress into `pod` from its node ([`Peer::Node`]): always allowed, whatever the
+    /// policies say, because Kubernetes documents that pods cannot block their node.
+    FromNode { pod: String },
 }
 
 impl Decision {
@@ -68,6 +71,7 @@ impl fmt::Display for Decision {
                 "denied: {pod} is selected by {} ({direction}) and no rule allows it",
                 policies.join(", ")
             ),
+            Decision::FromNode { .. } => f.write_str("traffic from the pod's node is always allowed"),
         }
     }
 }
@@ -96,7 +100,8 @@ impl fmt::Display for Explanation {
 /// Decides a connection from `from` to `to` on `port`/`proto` under `policies`, exactly as
 /// Kubernetes defines it: allowed iff the source pod's egress allows it and the destination
 /// pod's ingress allows it. `pods` resolves [`Peer::Ip`] addresses that belong to pods;
-/// `namespaces` gives the labels namespace selectors see.
+/// `namespaces` gives the labels namespace selectors see. Ingress from a [`Peer::Node`] is
+/// always allowed ([`Decision::FromNode`]).
 pub fn evaluate<'a>(
     policies: &[Policy],
     pods: &'a [Pod],
@@ -113,6 +118,7 @@ pub fn evaluate<'a>(
                 Some(p) => Remote::Pod(p),
                 None => Remote::Ip(ip.into()),
             },
+            Peer::Node(ip) => Remote::Node(ip.into()),
         }
     };
     let ctx = Context { namespaces };
@@ -122,16 +128,17 @@ pub fn evaluate<'a>(
         proto,
         dest: match to {
             Remote::Pod(p) => Some(p),
-            Remote::Ip(_) => None,
+            Remote::Ip(_) | Remote::Node(_) => None,
         },
     };
     let egress = match from {
         Remote::Pod(p) => Some(ctx.decide(policies, p, Direction::Egress, to, &conn)),
-        Remote::Ip(_) => None,
+        Remote::Ip(_) | Remote::Node(_) => None,
     };
-    let ingress = match to {
-        Remote::Pod(p) => Some(ctx.decide(policies, p, Direction::Ingress, from, &conn)),
-        Remote::Ip(_) => None,
+    let ingress = match (from, to) {
+        (Remote::Node(_), Remote::Pod(p)) => Some(Decision::FromNode { pod: p.key() }),
+        (_, Remote::Pod(p)) => Some(ctx.decide(policies, p, Direction::Ingress, from, &conn)),
+        (_, Remote::Ip(_) | Remote::Node(_)) => None,
     };
     let reason = Explanation { egress, ingress };
     let allowed = [&reason.egress, &reason.ingress]
@@ -144,7 +151,10 @@ pub fn evaluate<'a>(
 #[derive(Clone, Copy)]
 enum Remote<'a> {
     Pod(&'a Pod),
+    /// Outside the cluster.
     Ip(IpAddr),
+    /// The pods' node: outside the cluster, except that it may always connect in.
+    Node(IpAddr),
 }
 
 struct Connection<'a> {
@@ -255,7 +265,7 @@ impl Context<'_> {
                         Some(ip) => IpAddr::V4(ip),
                         None => return false,
                     },
-                    Remote::Ip(ip) => ip,
+                    Remote::Ip(ip) | Remote::Node(ip) => ip,
                 };
                 cidr.contains(&ip) && !except.iter().any(|e| e.contains(&ip))
             }
@@ -263,13 +273,18 @@ impl Context<'_> {
     }
 
     fn namespace_labels(&self, name: &str) -> BTreeMap<String, String> {
-        let mut labels = self
-            .namespaces
-            .iter()
-            .find(|n| n.name == name)
-            .map(|n| n.labels.clone())
-            .unwrap_or_default();
-        labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
-        labels
+        namespace_labels(self.namespaces, name)
     }
+}
+
+/// The labels namespace selectors see for namespace `name`: its own (none when it is not in
+/// `namespaces`) plus `kubernetes.io/metadata.name`, which the apiserver sets on every one.
+pub(crate) fn namespace_labels(namespaces: &[Namespace], name: &str) -> BTreeMap<String, String> {
+    let mut labels = namespaces
+        .iter()
+        .find(|n| n.name == name)
+        .map(|n| n.labels.clone())
+        .unwrap_or_default();
+    labels.insert("kubernetes.io/metadata.name".to_owned(), name.to_owned());
+    labels
 }

@@ -29,11 +29,21 @@
 //!   port of that name and protocol with the connection's number, for ingress and egress rules.
 //! * A connection is allowed iff the source pod's egress and the destination pod's ingress
 //!   both allow it; an end that is an address outside the cluster has no side to check.
+//! * A pod's node ([`Peer::Node`]) may always connect to it, whatever the policies; otherwise
+//!   it is an address outside the cluster.
+//!
+//! # Data plane
+//!
+//! [`tables::compile`] turns policies and the cluster into what the kernel looks up: numeric
+//! identities for addresses (a longest-prefix-match map) and, per endpoint and direction, a
+//! table of allowed (peer identity, protocol, port prefix). It allows exactly what
+//! [`evaluate`] allows.
 
 mod error;
 mod eval;
 mod parse;
 mod policy;
+pub mod tables;
 mod types;
 
 #[cfg(test)]
@@ -41,8 +51,13 @@ mod tests;
 
 pub use error::{Error, Problem};
 pub use eval::{Decision, Explanation, Verdict, evaluate};
-pub use parse::parse;
+pub use parse::{Objects, parse, parse_objects};
 pub use policy::{
     PeerSelector, Policy, PortMatch, PortSelector, Requirement, Rule, Selector, compile,
+};
+// `compile` at the root is NetworkPolicy → Policy; the table compiler is `tables::compile`.
+pub use tables::{
+    BlockRef, ClusterState, Compiled, EndpointTables, Entry, FIRST_IDENTITY, IDENTITY_ANY,
+    Identities, IdentityKey, Lookup, NODE_RULE, RuleRef, Table, compile as compile_tables,
 };
 pub use types::{Direction, NamedPort, Namespace, Peer, Pod, Protocol};

@@ -95,13 +95,14 @@ fn cluster() -> Cluster {
     }
 }
 
-/// An end of a connection in the tables: a pod by `ns/name`, or an address.
+/// An end of a connection in the tables: a pod by `ns/name`, an address, or a node address.
 #[derive(Clone, Copy)]
 enum E {
     P(&'static str),
     Ip([u8; 4]),
+    N([u8; 4]),
 }
-use E::{Ip, P};
+use E::{Ip, N, P};
 
 impl Cluster {
     fn peer(&self, e: E) -> Peer<'_> {
@@ -113,6 +114,7 @@ impl Cluster {
                     .unwrap_or_else(|| panic!("no pod {key}")),
             ),
             Ip(a) => Peer::Ip(Ipv4Addr::from(a)),
+            N(a) => Peer::Node(Ipv4Addr::from(a)),
         }
     }
 
@@ -589,6 +591,133 @@ fn ip_peer_that_is_a_pod_is_that_pod() {
     // An outside address has no egress side.
     let v = c.eval(&both, OUTSIDE, Ip([10, 0, 0, 1]), 80, Tcp);
     assert!(v.allowed, "{}", v.reason);
+    assert_eq!(v.reason.egress, None);
+}
+
+// ---------------------------------------------------------------- the node
+
+const NODE: E = N([10, 0, 100, 1]);
+
+#[test]
+fn node_truth_table() {
+    let egress = |to: &str| {
+        format!(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: out, namespace: default}}
+spec:
+  podSelector: {{}}
+  policyTypes: [Egress]
+  egress:
+  - to: {to}
+    ports: [{{port: 80}}, {{port: pg}}]
+"
+        )
+    };
+    let deny_both = DENY_ALL.replace(
+        "podSelector: {}",
+        "podSelector: {}\n  policyTypes: [Ingress, Egress]",
+    );
+    let only_web_in = ingress_to_db("[{podSelector: {matchLabels: {app: web}}}]");
+    let node_excluded =
+        ingress_to_db("[{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.100.0/24]}}]");
+    // (policies, [node->db, node->web, web->node:80, web->node:5432, db->node:80, node->node,
+    //  node->outside, outside->db])
+    let rows: Vec<(String, [bool; 8])> = vec![
+        (String::new(), [true; 8]),
+        // Ingress from the node is always allowed, even under deny-all.
+        (
+            DENY_ALL.to_owned(),
+            [true, true, true, true, true, true, true, false],
+        ),
+        (
+            deny_both.clone(),
+            [true, true, false, false, false, true, true, false],
+        ),
+        (
+            only_web_in,
+            [true, true, true, true, true, true, true, false],
+        ),
+        (
+            node_excluded,
+            [true, true, true, true, true, true, true, false],
+        ),
+        // Egress to the node: an address outside the cluster, matched by ipBlocks only, and
+        // without named ports.
+        (
+            egress("[{ipBlock: {cidr: 10.0.100.0/24}}]"),
+            [true, true, true, false, true, true, true, true],
+        ),
+        (
+            egress("[{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.100.1/32]}}]"),
+            [true, true, false, false, false, true, true, true],
+        ),
+        (
+            egress("[{namespaceSelector: {}}]"),
+            [true, true, false, false, false, true, true, true],
+        ),
+        (
+            egress("[]"),
+            [true, true, true, false, true, true, true, true],
+        ),
+    ];
+    let c = cluster();
+    for (i, (yaml, want)) in rows.iter().enumerate() {
+        let ps = policies(yaml);
+        let got = [
+            c.eval(&ps, NODE, DB, 5432, Tcp).allowed,
+            c.eval(&ps, NODE, WEB, 80, Tcp).allowed,
+            c.eval(&ps, WEB, NODE, 80, Tcp).allowed,
+            c.eval(&ps, WEB, NODE, 5432, Tcp).allowed,
+            c.eval(&ps, DB, NODE, 80, Tcp).allowed,
+            c.eval(&ps, NODE, N([10, 0, 100, 2]), 80, Tcp).allowed,
+            c.eval(&ps, NODE, OUTSIDE, 80, Tcp).allowed,
+            c.eval(&ps, OUTSIDE, DB, 5432, Tcp).allowed,
+        ];
+        assert_eq!(got, *want, "row {i}: {yaml}");
+    }
+}
+
+#[test]
+fn node_decisions_and_addresses() {
+    let v = cluster().eval(&policies(DENY_ALL), NODE, DB, 5432, Tcp);
+    assert_eq!(
+        v.reason,
+        crate::Explanation {
+            egress: None,
+            ingress: Some(crate::Decision::FromNode {
+                pod: "default/db".into()
+            }),
+        }
+    );
+    assert_eq!(
+        v.reason.to_string(),
+        "traffic from the pod's node is always allowed"
+    );
+    // Not selected either: still the node's decision.
+    assert_eq!(
+        reason("", NODE, WEB, 80, Tcp),
+        "traffic from the pod's node is always allowed"
+    );
+    assert_eq!(
+        reason("", NODE, OUTSIDE, 80, Tcp),
+        "no pod involved: no policy applies"
+    );
+    // A node address that is also a pod's (host networking) is the node's: it gets neither
+    // the pod's egress nor its selectors.
+    let yaml = format!(
+        "{}---{}",
+        ingress_to_db("[{podSelector: {matchLabels: {app: web}}}]"),
+        DENY_ALL.replace(
+            "podSelector: {}",
+            "podSelector: {}\n  policyTypes: [Egress]"
+        )
+    );
+    let c = cluster();
+    let ps = policies(&yaml);
+    assert!(c.eval(&ps, N([10, 0, 0, 1]), DB, 5432, Tcp).allowed);
+    assert!(!c.eval(&ps, Ip([10, 0, 0, 1]), DB, 5432, Tcp).allowed);
+    let v = c.eval(&ps, N([10, 0, 0, 1]), DB, 5432, Tcp);
     assert_eq!(v.reason.egress, None);
 }
 
@@ -1093,4 +1222,127 @@ fn compiled_form_applies_defaults() {
         ])
     );
     assert_eq!(p[0].egress, None);
+}
+
+// ---------------------------------------------------------------- namespaces in manifests
+
+#[test]
+fn parse_objects_reads_namespaces_and_policies() {
+    let yaml = format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: prod, labels: {{env: prod, team: a}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: dev}}
+---{DENY_ALL}---
+apiVersion: v1
+kind: List
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: x1}}}}
+- {{apiVersion: networking.k8s.io/v1, kind: NetworkPolicy, metadata: {{name: a, namespace: x1}}, spec: {{podSelector: {{}}}}}}
+---
+apiVersion: v1
+kind: NamespaceList
+items:
+- {{apiVersion: v1, kind: Namespace, metadata: {{name: x2, labels: {{k: v}}}}}}
+"
+    );
+    let objects = match crate::parse_objects(yaml.as_bytes(), "t.yaml") {
+        Ok(o) => o,
+        Err(e) => panic!("{e}"),
+    };
+    let keys: Vec<String> = objects.policies.iter().map(Policy::key).collect();
+    assert_eq!(keys, ["default/deny-all", "x1/a"]);
+    assert_eq!(
+        objects.namespaces,
+        [
+            Namespace {
+                name: "prod".into(),
+                labels: labels(&[("env", "prod"), ("team", "a")]),
+            },
+            Namespace {
+                name: "dev".into(),
+                labels: BTreeMap::new(),
+            },
+            Namespace {
+                name: "x1".into(),
+                labels: BTreeMap::new(),
+            },
+            Namespace {
+                name: "x2".into(),
+                labels: labels(&[("k", "v")]),
+            },
+        ]
+    );
+    // JSON too.
+    let json = r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"j"}}"#;
+    let objects = crate::parse_objects(json.as_bytes(), "t.json").ok();
+    assert_eq!(
+        objects.map(|o| o.namespaces),
+        Some(vec![Namespace {
+            name: "j".into(),
+            labels: BTreeMap::new(),
+        }])
+    );
+}
+
+#[test]
+fn parse_objects_rejects_bad_namespaces() {
+    let rows: &[(&str, &str)] = &[
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
+            "t.yaml: document 1: Namespace : metadata.name: is required",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: Prod}\n",
+            "t.yaml: document 1: Namespace Prod: metadata.name: \"Prod\" is not a valid DNS label",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: -a}\n",
+            "metadata.name: \"-a\" is not a valid DNS label",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a.b}\n",
+            "metadata.name: \"a.b\" is not a valid DNS label",
+        ),
+        (
+            "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: ''}}]\n",
+            "t.yaml: document 1, items[0]: Namespace : metadata.name: is required",
+        ),
+        (
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {k: [1]}}\n",
+            "t.yaml: document 1: Namespace a: metadata.labels.k: ",
+        ),
+        (
+            "apiVersion: v1\nkind: Service\nmetadata: {name: s}\n",
+            "unsupported object apiVersion \"v1\" kind \"Service\": expected networking.k8s.io/v1 NetworkPolicy or v1 Namespace",
+        ),
+    ];
+    for (i, (input, want)) in rows.iter().enumerate() {
+        match crate::parse_objects(input.as_bytes(), "t.yaml") {
+            Ok(o) => panic!("row {i}: accepted {o:?}"),
+            Err(e) => assert!(
+                e.to_string().contains(want),
+                "row {i}: {e:?} lacks {want:?}"
+            ),
+        }
+    }
+    // A 63-character name is a valid label, 64 is not.
+    let name = |n: usize| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n", "a".repeat(n));
+    assert!(crate::parse_objects(name(63).as_bytes(), "t.yaml").is_ok());
+    assert!(crate::parse_objects(name(64).as_bytes(), "t.yaml").is_err());
+}
+
+#[test]
+fn parse_still_rejects_namespaces() {
+    let yaml = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n";
+    let err = parse(yaml.as_bytes(), "t.yaml").err().map(|e| e.to_string());
+    assert_eq!(
+        err.as_deref(),
+        Some(
+            "t.yaml: document 1: unsupported object apiVersion \"v1\" kind \"Namespace\": expected networking.k8s.io/v1 NetworkPolicy"
+        )
+    );
 }

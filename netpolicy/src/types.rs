@@ -3,10 +3,16 @@
 use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
 
 /// Transport protocol of a connection or a policy port (NetworkPolicy allows exactly these).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// Serialized in the API spelling, as it appears in persisted identities.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub enum Protocol {
+    #[serde(rename = "TCP")]
     Tcp,
+    #[serde(rename = "UDP")]
     Udp,
+    #[serde(rename = "SCTP")]
     Sctp,
 }
 
@@ -88,4 +94,9 @@ pub enum Peer<'a> {
     /// An address. If it is the IP of one of the pods given to [`crate::evaluate`], it is
     /// that pod; otherwise it is outside the cluster and no policy applies to it.
     Ip(Ipv4Addr),
+    /// An address of the node the pods run on. Kubernetes lets a node always reach its pods
+    /// (kubelet probes), so ingress from it is allowed whatever the policies say; otherwise
+    /// it is an address outside the cluster, like [`Peer::Ip`] of a non-pod address, even if
+    /// a pod (with host networking) has the same address.
+    Node(Ipv4Addr),
 }

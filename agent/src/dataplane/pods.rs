@@ -71,58 +71,79 @@ impl FromStr for PublishedPort {
     }
 }
 
+/// The programs on each pod's host-side veth and where they hook: tc ingress sees what the pod
+/// sends (service translation, the pod's egress policy), tc egress what it receives (its
+/// ingress policy).
+const POD_PROGRAMS: [(&str, TcAttachType); 2] = [
+    (programs::TC_POD_INGRESS, TcAttachType::Ingress),
+    (programs::TC_POD_EGRESS, TcAttachType::Egress),
+];
+
 /// Attaches the pinned pod programs to `host_ifname` (the host side of a container's veth) and
 /// pins the links. Returns Ok(false), having changed nothing, when no agent has loaded the data
 /// plane under `pin_root` yet.
 pub fn attach_pod_veth(pin_root: &Path, host_ifname: &str) -> Result<bool, PodDataplaneError> {
     let layout = PinLayout::new(pin_root);
-    let prog_pin = layout.prog(programs::TC_POD_INGRESS);
-    if !prog_pin.exists() {
+    if POD_PROGRAMS
+        .iter()
+        .any(|(name, _)| !layout.prog(name).exists())
+    {
         return Ok(false);
     }
-    let op = |what: &str| format!("{what} {} on {host_ifname}", programs::TC_POD_INGRESS);
-    let mut program = SchedClassifier::from_pin(&prog_pin).map_err(|e| PodDataplaneError::Op {
-        op: op("opening"),
-        detail: e.to_string(),
-    })?;
-    let link_pin = layout.link(programs::TC_POD_INGRESS, host_ifname);
-    // A pin left by a deleted veth of the same name points at a dead link: replace it.
-    let _ = std::fs::remove_file(&link_pin);
-    let id = program
-        .attach(host_ifname, TcAttachType::Ingress)
-        .map_err(|e| PodDataplaneError::Op {
-            op: op("attaching"),
-            detail: e.to_string(),
-        })?;
-    let link: FdLink = program
-        .take_link(id)
-        .map_err(|e| PodDataplaneError::Op {
-            op: op("taking the link of"),
-            detail: e.to_string(),
-        })?
-        .try_into()
-        .map_err(|e: aya::programs::links::LinkError| PodDataplaneError::Op {
+    for (name, hook) in POD_PROGRAMS {
+        let op = |what: &str| format!("{what} {name} on {host_ifname}");
+        let mut program =
+            SchedClassifier::from_pin(layout.prog(name)).map_err(|e| PodDataplaneError::Op {
+                op: op("opening"),
+                detail: e.to_string(),
+            })?;
+        let link_pin = layout.link(name, host_ifname);
+        // A pin left by a deleted veth of the same name points at a dead link: replace it.
+        let _ = std::fs::remove_file(&link_pin);
+        let id = program
+            .attach(host_ifname, hook)
+            .map_err(|e| PodDataplaneError::Op {
+                op: op("attaching"),
+                detail: e.to_string(),
+            })?;
+        let link: FdLink = program
+            .take_link(id)
+            .map_err(|e| PodDataplaneError::Op {
+                op: op("taking the link of"),
+                detail: e.to_string(),
+            })?
+            .try_into()
+            .map_err(|e: aya::programs::links::LinkError| PodDataplaneError::Op {
+                op: op("pinning"),
+                detail: format!("not a bpf_link (TCX needs Linux 6.6): {e}"),
+            })?;
+        link.pin(&link_pin).map_err(|e| PodDataplaneError::Op {
             op: op("pinning"),
-            detail: format!("not a bpf_link (TCX needs Linux 6.6): {e}"),
+            detail: e.to_string(),
         })?;
-    link.pin(&link_pin).map_err(|e| PodDataplaneError::Op {
-        op: op("pinning"),
-        detail: e.to_string(),
-    })?;
+    }
     Ok(true)
 }
 
 /// Removes the link pins of `host_ifname` (the links themselves die with the veth).
 pub fn detach_pod_veth(pin_root: &Path, host_ifname: &str) {
     let layout = PinLayout::new(pin_root);
-    let _ = std::fs::remove_file(layout.link(programs::TC_POD_INGRESS, host_ifname));
+    for (name, _) in POD_PROGRAMS {
+        let _ = std::fs::remove_file(layout.link(name, host_ifname));
+    }
 }
 
-/// Agent side: loads `tc_pod_ingress`, pins the program for the engine, and switches every pod
-/// veth already attached to the new program (BPF_LINK_UPDATE: atomic). Pins of veths that are
-/// gone are removed.
+/// Agent side: loads the pod programs, pins them for the engine, and switches every pod veth
+/// already attached to the new programs (BPF_LINK_UPDATE: atomic). Pins of veths that are gone
+/// are removed.
 pub(super) fn load_and_pin(ebpf: &mut aya::Ebpf, layout: &PinLayout) -> super::Result<()> {
-    let name = programs::TC_POD_INGRESS;
+    for (name, _) in POD_PROGRAMS {
+        load_and_pin_one(ebpf, layout, name)?;
+    }
+    Ok(())
+}
+
+fn load_and_pin_one(ebpf: &mut aya::Ebpf, layout: &PinLayout, name: &'static str) -> super::Result<()> {
     let program = super::loaded_program(ebpf, name, SchedClassifier::load)?;
     let pin = layout.prog(name);
     let _ = std::fs::remove_file(&pin);
