@@ -14,29 +14,44 @@ use crate::{
     api::{self, ApiState},
     config::AgentConfig,
     dataplane::{self, Dataplane, PinLayout, lb::CtTimeouts},
+    events::EventHub,
     metrics::Metrics,
+    policy::PolicyStore,
     services::ServiceStore,
 };
 
 /// How often the agent re-reads node addresses and collects idle conntrack entries.
 const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Periodic work: node addresses (NodePort addresses follow interface changes) and conntrack GC.
+/// Periodic work: node addresses (NodePort addresses and the node identity follow interface
+/// changes), the engine's containers (a container that died without telling the agent), and
+/// conntrack GC.
 async fn housekeeping(
     services: Arc<std::sync::Mutex<ServiceStore>>,
+    policy: Arc<std::sync::Mutex<PolicyStore>>,
     gc_removed: prometheus::IntCounter,
+    policy_gc_removed: prometheus::IntCounter,
 ) {
     let mut tick = tokio::time::interval(HOUSEKEEPING_INTERVAL);
     loop {
         tick.tick().await;
         let services = services.clone();
+        let policy = policy.clone();
         let gc_removed = gc_removed.clone();
+        let policy_gc_removed = policy_gc_removed.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
-            store.refresh_node();
             let now = monotonic_ns();
-            let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
-            gc_removed.inc_by(removed as u64);
+            {
+                let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
+                store.refresh_node();
+                let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
+                gc_removed.inc_by(removed as u64);
+            }
+            let mut store = policy.lock().unwrap_or_else(|p| p.into_inner());
+            if let Err(e) = store.containers_changed() {
+                tracing::warn!(error = %e, "policy reconcile failed; the maps keep their last state");
+            }
+            policy_gc_removed.inc_by(store.gc_conntrack(now) as u64);
         })
         .await;
     }
@@ -71,6 +86,8 @@ pub enum AgentError {
     },
     #[error(transparent)]
     Services(#[from] crate::services::StoreError),
+    #[error(transparent)]
+    Policy(#[from] crate::policy::PolicyStoreError),
     #[error("refusing to clean up while an agent serves {0}: stop it first")]
     AgentRunning(std::path::PathBuf),
 }
@@ -130,7 +147,23 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         metrics.services.clone(),
     )?;
     let services = Arc::new(std::sync::Mutex::new(store));
-    let housekeeping = tokio::spawn(housekeeping(services.clone(), metrics.conntrack_gc.clone()));
+    let events = EventHub::new(&config.node_name, metrics.events.clone());
+    let policy_store = PolicyStore::open(
+        &config.state_dir,
+        &config.engine_root,
+        &layout,
+        config.policy_audit,
+        metrics.policy.clone(),
+        Some(events.clone()),
+    )?;
+    let policy = Arc::new(std::sync::Mutex::new(policy_store));
+    let events_task = tokio::spawn(crate::events::run_reader(layout.clone(), events.clone()));
+    let housekeeping = tokio::spawn(housekeeping(
+        services.clone(),
+        policy.clone(),
+        metrics.conntrack_gc.clone(),
+        metrics.policy_conntrack_gc.clone(),
+    ));
     let state = Arc::new(ApiState {
         layout,
         started,
@@ -138,6 +171,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         api_socket: config.api_socket.clone(),
         container_events: metrics.container_events.clone(),
         services,
+        policy,
+        events,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -177,6 +212,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
     log_task.abort();
     housekeeping.abort();
+    events_task.abort();
     drop(dataplane);
     if let Err(err) = std::fs::remove_file(&config.api_socket) {
         tracing::warn!(path = %config.api_socket.display(), error = %err, "removing the API socket");

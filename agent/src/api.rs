@@ -19,7 +19,9 @@ use tokio::net::UnixListener;
 
 use crate::{
     dataplane::PinLayout,
+    events::{EventHub, Filter},
     metrics::Metrics,
+    policy::PolicyStore,
     services::ServiceStore,
     status::{AgentInfo, Status},
 };
@@ -36,6 +38,15 @@ pub mod paths {
     /// GET: every service with its frontends and backends.
     pub const SERVICES: &str = "/v1/services";
     pub const METRICS: &str = "/metrics";
+    /// POST NetworkPolicy/Namespace manifests: apply / delete them.
+    pub const POLICIES_APPLY: &str = "/v1/policies/apply";
+    pub const POLICIES_DELETE: &str = "/v1/policies/delete";
+    /// GET: policies, namespaces and this node's endpoints.
+    pub const POLICIES: &str = "/v1/policies";
+    /// GET `?from=&to=&port=&protocol=`: the verdict and the deciding policy and rule.
+    pub const POLICIES_EXPLAIN: &str = "/v1/policies/explain";
+    /// GET `?follow=&type=&container=`: the event stream as JSON lines.
+    pub const EVENTS: &str = "/v1/events";
 }
 
 /// Largest request body the API accepts.
@@ -52,6 +63,9 @@ pub struct ApiState {
     /// The desired services and their writer (map writes are blocking syscalls: handlers use
     /// it from `spawn_blocking`).
     pub services: Arc<std::sync::Mutex<ServiceStore>>,
+    /// The desired policies and their writer (same discipline as `services`).
+    pub policy: Arc<std::sync::Mutex<PolicyStore>>,
+    pub events: Arc<EventHub>,
 }
 
 impl ApiState {
@@ -85,6 +99,15 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
             "/v1/services/{namespace}/{name}",
             axum::routing::delete(delete_service),
         )
+        .route(paths::POLICIES, get(list_policies))
+        .route(paths::POLICIES_APPLY, axum::routing::post(apply_policies))
+        .route(paths::POLICIES_DELETE, axum::routing::post(delete_policies))
+        .route(paths::POLICIES_EXPLAIN, get(explain_policy))
+        .route(
+            "/v1/policies/{namespace}/{name}",
+            axum::routing::delete(delete_policy),
+        )
+        .route(paths::EVENTS, get(events))
         // A node's whole service set arrives in one apply (10,000 services with their slices
         // are about 21 MiB of YAML); axum's default limit is 2 MiB.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -103,9 +126,27 @@ async fn with_store<T: serde::Serialize + Send + 'static>(
     state: Arc<ApiState>,
     f: impl FnOnce(&mut ServiceStore) -> Result<T, crate::services::StoreError> + Send + 'static,
 ) -> axum::response::Response {
+    with_locked(state.services.clone(), f).await
+}
+
+/// [`with_store`] for the policy store.
+async fn with_policy<T: serde::Serialize + Send + 'static>(
+    state: Arc<ApiState>,
+    f: impl FnOnce(&mut PolicyStore) -> Result<T, crate::policy::PolicyStoreError> + Send + 'static,
+) -> axum::response::Response {
+    with_locked(state.policy.clone(), f).await
+}
+
+async fn with_locked<S: Send + 'static, T, E>(
+    store: Arc<std::sync::Mutex<S>>,
+    f: impl FnOnce(&mut S) -> Result<T, E> + Send + 'static,
+) -> axum::response::Response
+where
+    T: serde::Serialize + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
     let result = tokio::task::spawn_blocking(move || {
-        let mut store = state
-            .services
+        let mut store = store
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         f(&mut store)
@@ -152,6 +193,112 @@ async fn list_services(State(state): State<Arc<ApiState>>) -> axum::response::Re
     with_store(state, |store| Ok(store.view())).await
 }
 
+async fn apply_policies(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(origin): axum::extract::Query<Origin>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let origin = origin.origin.unwrap_or_else(|| "request".into());
+    with_policy(state, move |store| store.apply(&body, &origin)).await
+}
+
+async fn delete_policies(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(origin): axum::extract::Query<Origin>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    let origin = origin.origin.unwrap_or_else(|| "request".into());
+    with_policy(state, move |store| store.delete(&body, &origin)).await
+}
+
+async fn delete_policy(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Path((namespace, name)): axum::extract::Path<(String, String)>,
+) -> axum::response::Response {
+    with_policy(state, move |store| store.delete_policy(&namespace, &name)).await
+}
+
+async fn list_policies(State(state): State<Arc<ApiState>>) -> axum::response::Response {
+    with_policy(state, |store| {
+        Ok::<_, crate::policy::PolicyStoreError>(store.view())
+    })
+    .await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct ExplainQuery {
+    from: String,
+    to: String,
+    port: u16,
+    #[serde(default)]
+    protocol: Option<String>,
+}
+
+async fn explain_policy(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(q): axum::extract::Query<ExplainQuery>,
+) -> axum::response::Response {
+    with_policy(state, move |store| {
+        store.explain(
+            &q.from,
+            &q.to,
+            q.port,
+            q.protocol.as_deref().unwrap_or("TCP"),
+        )
+    })
+    .await
+}
+
+/// The event stream: the recent events that match, then (with `follow=true`) new ones as they
+/// come, one JSON object per line.
+async fn events(
+    State(state): State<Arc<ApiState>>,
+    axum::extract::Query(filter): axum::extract::Query<Filter>,
+) -> axum::response::Response {
+    let line = |v: &serde_json::Value| {
+        let mut s = v.to_string();
+        s.push('\n');
+        bytes::Bytes::from(s)
+    };
+    // Subscribe before reading the history, so nothing falls between the two.
+    let rx = state.events.subscribe();
+    let recent: Vec<bytes::Bytes> = state
+        .events
+        .recent()
+        .iter()
+        .filter(|e| filter.matches(e))
+        .map(|e| line(e))
+        .collect();
+    let follow = filter.follow.unwrap_or(false);
+    let history =
+        futures_util::stream::iter(recent.into_iter().map(Ok::<_, std::convert::Infallible>));
+    let body = if follow {
+        let live = futures_util::stream::unfold((rx, filter), move |(mut rx, filter)| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if filter.matches(&e) => {
+                        return Some((Ok(line(&e)), (rx, filter)));
+                    }
+                    Ok(_) => continue,
+                    // A follower too slow for the broadcast buffer is told how much it missed.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                        let gap = serde_json::json!({
+                            "schema": crate::events::SCHEMA, "type": "gap",
+                            "lost": n, "reason": "this reader fell behind",
+                        });
+                        return Some((Ok(line(&gap)), (rx, filter)));
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        });
+        axum::body::Body::from_stream(futures_util::StreamExt::chain(history, live))
+    } else {
+        axum::body::Body::from_stream(history)
+    };
+    ([(header::CONTENT_TYPE, "application/x-ndjson")], body).into_response()
+}
+
 /// A lifecycle event from `berth run`/`rm`: logged with its fields and counted. The container
 /// records themselves live in the pinned CONTAINERS map and the runtime's state directory.
 async fn container_event(
@@ -173,7 +320,22 @@ async fn container_event(
         .container_events
         .with_label_values(&[event.event.as_str()])
         .inc();
-    StatusCode::NO_CONTENT
+    // A container joined or left the bridge: its endpoint and identity change. The answer waits
+    // for the maps, so `berth run` starts the container's process under its policy.
+    let policy = state.policy.clone();
+    let done = tokio::task::spawn_blocking(move || {
+        let mut store = policy.lock().unwrap_or_else(|p| p.into_inner());
+        store.containers_changed()
+    })
+    .await;
+    match done {
+        Ok(Ok(_)) => StatusCode::NO_CONTENT,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "policy reconcile after a container event failed");
+            StatusCode::INTERNAL_SERVER_ERROR
+        }
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
 }
 
 #[derive(Debug, serde::Deserialize)]

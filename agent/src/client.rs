@@ -106,3 +106,60 @@ pub async fn request(
     }
     Ok(body)
 }
+
+/// `GET uri` on the agent's socket, handing each chunk of the (streamed) body to `on_chunk` as
+/// it arrives, until the agent ends the body or `on_chunk` returns false.
+pub async fn stream(
+    socket: &Path,
+    uri: &str,
+    mut on_chunk: impl FnMut(&[u8]) -> bool,
+) -> Result<(), ClientError> {
+    let http = |detail: String| ClientError::Http {
+        path: socket.to_owned(),
+        detail,
+    };
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::NotRunning {
+            path: socket.to_owned(),
+            source,
+        })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let connection = tokio::spawn(connection);
+    let request = Request::builder()
+        .method("GET")
+        .uri(uri)
+        .header(hyper::header::HOST, "berth")
+        .body(Full::new(Bytes::new()))
+        .map_err(|e| http(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| http(e.to_string()))?;
+    let status = response.status();
+    let mut body = response.into_body();
+    if !status.is_success() {
+        let bytes = body
+            .collect()
+            .await
+            .map_err(|e| http(e.to_string()))?
+            .to_bytes();
+        return Err(ClientError::Status {
+            uri: uri.to_owned(),
+            status,
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        });
+    }
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| http(e.to_string()))?;
+        if let Some(data) = frame.data_ref()
+            && !on_chunk(data)
+        {
+            break;
+        }
+    }
+    connection.abort();
+    Ok(())
+}

@@ -149,6 +149,16 @@ pub struct AgentArgs {
     )]
     pub backend_cidrs: Option<Vec<ipnet::Ipv4Net>>,
 
+    /// The container engine's root (`berth run --root`): its containers on the bridge are the
+    /// endpoints NetworkPolicy applies to [default: $BERTH_ROOT, then /var/lib/berth].
+    #[arg(long, env = "BERTH_ROOT", value_name = "DIR")]
+    pub engine_root: Option<PathBuf>,
+
+    /// Audit mode for every endpoint: policy denials are reported and counted but not
+    /// enforced (per namespace: the label policy.berth.io/audit=true).
+    #[arg(long)]
+    pub policy_audit: bool,
+
     /// Remove every pin and attachment berth made under the pin root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -171,6 +181,8 @@ struct FileConfig {
     maglev_table_size: Option<u32>,
     pod_cidr: Option<ipnet::Ipv4Net>,
     backend_cidrs: Option<Vec<ipnet::Ipv4Net>>,
+    engine_root: Option<PathBuf>,
+    policy_audit: Option<bool>,
 }
 
 /// The agent's resolved configuration.
@@ -189,6 +201,8 @@ pub struct AgentConfig {
     pub maglev_table_size: u32,
     pub pod_cidr: ipnet::Ipv4Net,
     pub backend_cidrs: Vec<ipnet::Ipv4Net>,
+    pub engine_root: PathBuf,
+    pub policy_audit: bool,
 }
 
 /// Default Maglev table size (as Cilium's): a prime, ~1,600 buckets per backend at 10 backends.
@@ -279,6 +293,12 @@ impl AgentConfig {
                 .clone()
                 .or(file.backend_cidrs)
                 .unwrap_or_default(),
+            engine_root: args
+                .engine_root
+                .clone()
+                .or(file.engine_root)
+                .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
+            policy_audit: args.policy_audit || file.policy_audit.unwrap_or(false),
         };
         config.validate()?;
         Ok(config)
@@ -305,6 +325,7 @@ impl AgentConfig {
         }
         require_absolute("cgroup", &self.cgroup)?;
         require_absolute("state_dir", &self.state_dir)?;
+        require_absolute("engine_root", &self.engine_root)?;
         if self.node_name.is_empty() {
             return Err(invalid("node_name", "must not be empty"));
         }

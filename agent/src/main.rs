@@ -80,6 +80,10 @@ enum Command {
     },
     /// Kubernetes Services and EndpointSlices, load-balanced by the agent's data plane.
     Svc(berth::svc_cli::SvcArgs),
+    /// Kubernetes NetworkPolicies, enforced by the agent's data plane; `explain` a verdict.
+    Policy(berth::policy_cli::PolicyArgs),
+    /// The event stream (policy verdicts): recent events, or follow them.
+    Events(berth::events::EventsArgs),
     /// Pull an image from an OCI/Docker registry.
     Pull {
         /// Plain HTTP for a non-loopback registry.
@@ -121,6 +125,8 @@ fn main() -> ExitCode {
         Command::Agent(args) => run_agent(args),
         Command::Status(args) => run_status(args),
         Command::Svc(args) => berth::svc_cli::run(args),
+        Command::Policy(args) => berth::policy_cli::run(args),
+        Command::Events(args) => berth::events::run(args),
         Command::Run(args) => {
             berth::logging::init(berth::config::LogFormat::Text, "warn");
             // The container's exit code is ours (Docker's convention).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use berth_common::{lb::LbStat, maps, xdp::XdpStat};
+use berth_common::{lb::LbStat, maps, policy::PolicyStat, xdp::XdpStat};
 use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
@@ -26,6 +26,12 @@ pub struct Metrics {
     pub services: crate::services::ServiceMetrics,
     /// Conntrack entries removed by garbage collection.
     pub conntrack_gc: prometheus::IntCounter,
+    /// The policy reconcile path's instruments.
+    pub policy: crate::policy::PolicyMetrics,
+    /// Policy conntrack entries removed by garbage collection.
+    pub policy_conntrack_gc: prometheus::IntCounter,
+    /// The event stream's instruments.
+    pub events: crate::events::EventMetrics,
 }
 
 impl Metrics {
@@ -92,11 +98,74 @@ impl Metrics {
             "idle conntrack entries removed by the agent's garbage collection",
         )?;
         registry.register(Box::new(conntrack_gc.clone()))?;
+        let policy = crate::policy::PolicyMetrics {
+            reconcile_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "berth_policy_reconcile_duration_seconds",
+                    "time to compile the policies and write the difference into the policy maps",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
+            )?,
+            policies: IntGauge::new(
+                "berth_policy_policies",
+                "NetworkPolicies in the desired state",
+            )?,
+            endpoints: IntGauge::new(
+                "berth_policy_endpoints",
+                "pods of this node under policy control",
+            )?,
+            identities: IntGauge::new("berth_policy_identities", "numeric identities in use")?,
+            tables: IntGauge::new(
+                "berth_policy_tables",
+                "distinct endpoint tables in the kernel (shared by equal endpoints)",
+            )?,
+            rules: IntGauge::new(
+                "berth_policy_rules",
+                "rules in all kernel tables (capacity: berth_bpf_map_capacity{map=\"POLICY_RULES\"})",
+            )?,
+        };
+        registry.register(Box::new(policy.reconcile_seconds.clone()))?;
+        registry.register(Box::new(policy.policies.clone()))?;
+        registry.register(Box::new(policy.endpoints.clone()))?;
+        registry.register(Box::new(policy.identities.clone()))?;
+        registry.register(Box::new(policy.tables.clone()))?;
+        registry.register(Box::new(policy.rules.clone()))?;
+        let policy_conntrack_gc = prometheus::IntCounter::new(
+            "berth_policy_conntrack_gc_removed_total",
+            "idle policy conntrack entries removed by the agent's garbage collection",
+        )?;
+        registry.register(Box::new(policy_conntrack_gc.clone()))?;
+        let events = crate::events::EventMetrics {
+            events: IntCounterVec::new(
+                Opts::new(
+                    "berth_events_total",
+                    "events put on the event stream, by type",
+                ),
+                &["type"],
+            )?,
+            lost: prometheus::IntCounter::new(
+                "berth_events_lost_total",
+                "kernel events lost because the ring buffer was full (each loss is also a gap record on the stream)",
+            )?,
+            suppressed: IntCounterVec::new(
+                Opts::new(
+                    "berth_events_suppressed_total",
+                    "kernel events not emitted because of the per-CPU rate limit, by type (counted, never silent)",
+                ),
+                &["type"],
+            )?,
+        };
+        registry.register(Box::new(events.events.clone()))?;
+        registry.register(Box::new(events.lost.clone()))?;
+        registry.register(Box::new(events.suppressed.clone()))?;
         Ok(Self {
             registry,
             container_events,
             services,
             conntrack_gc,
+            policy,
+            policy_conntrack_gc,
+            events,
         })
     }
 
@@ -115,6 +184,8 @@ struct DataplaneCollector {
     lock: Mutex<()>,
     xdp_packets: IntCounterVec,
     lb_packets: IntCounterVec,
+    policy_verdicts: IntCounterVec,
+    policy_drops: IntCounterVec,
     map_entries: IntGaugeVec,
     map_capacity: IntGaugeVec,
     attached: IntGaugeVec,
@@ -140,6 +211,21 @@ impl DataplaneCollector {
                      XDP) by path, verdict and reason",
                 ),
                 &["path", "verdict", "reason"],
+            )?,
+            policy_verdicts: IntCounterVec::new(
+                Opts::new(
+                    "berth_policy_verdicts_total",
+                    "packets decided by NetworkPolicy on pod veths, by the pod's direction and the \
+                     action (allowed, denied, audit: denied but passed in audit mode)",
+                ),
+                &["direction", "action"],
+            )?,
+            policy_drops: IntCounterVec::new(
+                Opts::new(
+                    "berth_policy_drops_total",
+                    "packets dropped by the policy path, by reason",
+                ),
+                &["reason"],
             )?,
             map_entries: IntGaugeVec::new(
                 Opts::new(
@@ -172,6 +258,8 @@ impl DataplaneCollector {
     fn refresh(&self) {
         self.xdp_packets.reset();
         self.lb_packets.reset();
+        self.policy_verdicts.reset();
+        self.policy_drops.reset();
         self.map_entries.reset();
         self.map_capacity.reset();
         self.attached.reset();
@@ -224,6 +312,42 @@ impl DataplaneCollector {
                 tracing::warn!(error = %err, "reading LB_STATS for /metrics");
             }
         }
+        match read_per_cpu_totals(&self.layout, maps::POLICY_STATS, PolicyStat::COUNT) {
+            Ok(Some(totals)) => {
+                for (stat, total) in PolicyStat::ALL.iter().zip(totals) {
+                    let (direction, action) = match stat {
+                        PolicyStat::IngressAllowed => ("ingress", "allowed"),
+                        PolicyStat::IngressDenied => ("ingress", "denied"),
+                        PolicyStat::IngressAudit => ("ingress", "audit"),
+                        PolicyStat::EgressAllowed => ("egress", "allowed"),
+                        PolicyStat::EgressDenied => ("egress", "denied"),
+                        PolicyStat::EgressAudit => ("egress", "audit"),
+                        PolicyStat::Rechecked => {
+                            continue;
+                        }
+                        PolicyStat::CtFull => {
+                            self.policy_drops
+                                .with_label_values(&["conntrack_full"])
+                                .inc_by(total);
+                            continue;
+                        }
+                    };
+                    self.policy_verdicts
+                        .with_label_values(&[direction, action])
+                        .inc_by(total);
+                    if action == "denied" {
+                        self.policy_drops
+                            .with_label_values(&["policy_denied"])
+                            .inc_by(total);
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                errors += 1;
+                tracing::warn!(error = %err, "reading POLICY_STATS for /metrics");
+            }
+        }
         self.pin_errors.set(errors as i64);
     }
 }
@@ -258,6 +382,8 @@ impl Collector for DataplaneCollector {
         let mut descs = Vec::new();
         descs.extend(self.xdp_packets.desc());
         descs.extend(self.lb_packets.desc());
+        descs.extend(self.policy_verdicts.desc());
+        descs.extend(self.policy_drops.desc());
         descs.extend(self.map_entries.desc());
         descs.extend(self.map_capacity.desc());
         descs.extend(self.attached.desc());
@@ -274,6 +400,8 @@ impl Collector for DataplaneCollector {
         let mut families = Vec::new();
         families.extend(self.xdp_packets.collect());
         families.extend(self.lb_packets.collect());
+        families.extend(self.policy_verdicts.collect());
+        families.extend(self.policy_drops.collect());
         families.extend(self.map_entries.collect());
         families.extend(self.map_capacity.collect());
         families.extend(self.attached.collect());

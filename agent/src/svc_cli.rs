@@ -118,10 +118,10 @@ pub fn run(args: SvcArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn explain(err: ClientError) -> anyhow::Error {
+pub(crate) fn explain(err: ClientError) -> anyhow::Error {
     match err {
         ClientError::NotRunning { path, .. } => anyhow::anyhow!(
-            "no berth agent answers on {}: services are programmed by the agent (start `berth agent`)",
+            "no berth agent answers on {}: services and policies are programmed by the agent (start `berth agent`)",
             path.display()
         ),
         ClientError::Status { body, .. } => {
@@ -136,7 +136,7 @@ fn explain(err: ClientError) -> anyhow::Error {
     }
 }
 
-async fn post(
+pub(crate) async fn post(
     socket: &Path,
     path: &str,
     origin: &str,
@@ -161,7 +161,7 @@ fn urlencode(s: &str) -> String {
 }
 
 /// Reads every manifest into one multi-document body, so the agent applies them as one change.
-fn read_manifests(files: &[PathBuf]) -> anyhow::Result<(Vec<u8>, String)> {
+pub(crate) fn read_manifests(files: &[PathBuf]) -> anyhow::Result<(Vec<u8>, String)> {
     let mut paths = Vec::new();
     for file in files {
         if file.as_os_str() == "-" {

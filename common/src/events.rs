@@ -48,7 +48,10 @@ pub const POLICY_EVENTS_PER_SEC: u32 = 1_000;
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (all): `repr(C)`, `Copy`, integers only, no padding (sizes asserted above).
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::EventHeader {}
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::RateState {}
 }

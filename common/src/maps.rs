@@ -45,8 +45,8 @@ pub const LB_CONFIG: &str = "LB_CONFIG";
 pub const LB_STATS: &str = "LB_STATS";
 
 /// Endpoints under NetworkPolicy: host veth ifindex → [`crate::policy::PolicyEndpoint`].
-pub const POLICY_ENDPOINTS: &str = "POLICY_ENDPOINTS";
-pub const POLICY_ENDPOINTS_MAX_ENTRIES: u32 = 16_384;
+pub const POLICY_ENDPTS: &str = "POLICY_ENDPTS";
+pub const POLICY_ENDPTS_MAX_ENTRIES: u32 = 16_384;
 /// Address prefix → identity (LPM trie: pod /32s, node addresses, ipBlock prefixes).
 pub const POLICY_IPCACHE: &str = "POLICY_IPCACHE";
 pub const POLICY_IPCACHE_MAX_ENTRIES: u32 = 262_144;
@@ -83,7 +83,7 @@ pub const ALL: &[&str] = &[
     LB_NODE_ADDRS,
     LB_CONFIG,
     LB_STATS,
-    POLICY_ENDPOINTS,
+    POLICY_ENDPTS,
     POLICY_IPCACHE,
     POLICY_RULES,
     POLICY_CT,

@@ -2,7 +2,7 @@
 //! `tc_pod_egress` (traffic a pod receives: its ingress) consult on each pod's host-side veth.
 //!
 //! Decision path of a packet at endpoint `E` (its veth's ifindex) in direction `D`:
-//! 1. `POLICY_ENDPOINTS[ifindex]` → [`PolicyEndpoint`]. No entry: the veth is not an endpoint
+//! 1. `POLICY_ENDPTS[ifindex]` → [`PolicyEndpoint`]. No entry: the veth is not an endpoint
 //!    berth manages; the packet passes.
 //! 2. `POLICY_CT[5-tuple]` (original direction) or `POLICY_CT[reversed 5-tuple]` (a reply):
 //!    a flow whose check for this side was made against the endpoint's *current* table passes
@@ -29,7 +29,7 @@ pub const TABLE_NONE: u32 = 0;
 /// `PolicyEndpoint::flags`: audit mode: would-be denials are reported and counted, not dropped.
 pub const EP_F_AUDIT: u32 = 1 << 0;
 
-/// Value of `POLICY_ENDPOINTS`, keyed by the ifindex (`u32`, host order) of the endpoint's
+/// Value of `POLICY_ENDPTS`, keyed by the ifindex (`u32`, host order) of the endpoint's
 /// host-side veth.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -186,11 +186,19 @@ impl PolicyStat {
 
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY (all): `repr(C)`, `Copy`, integers only, no padding (sizes asserted above), so
-    // every bit pattern is a valid value.
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::PolicyEndpoint {}
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::PolicyRuleKey {}
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::PolicyRuleValue {}
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::PolicyCtValue {}
+    // SAFETY: `repr(C)`, `Copy`, integers only, no padding (size asserted above): every bit
+    // pattern is a valid value.
     unsafe impl aya::Pod for super::PolicyVerdictEvent {}
 }

@@ -7,11 +7,11 @@ use aya_ebpf::{
 };
 use berth_common::{
     ContainerRecord,
+    events::{EVENTS_RING_BYTES, RateState},
     lb::{
         AffinityKey, AffinityValue, Backend, BackendKey, CtKey, CtValue, Frontend, FrontendKey,
         LbConfig, LbStat, MaglevTable, SockRevKey, SockRevValue,
     },
-    events::{EVENTS_RING_BYTES, RateState},
     maps::{self, CONTAINERS_MAX_ENTRIES},
     policy::{PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue, PolicyStat},
     xdp::XdpStat,
@@ -97,9 +97,9 @@ pub fn count_lb(stat: LbStat) {
 // ---- NetworkPolicy (see `berth_common::policy`) ----
 
 /// Endpoints under policy, by host-side veth ifindex.
-#[map(name = "POLICY_ENDPOINTS")]
-pub static POLICY_ENDPOINTS: HashMap<u32, PolicyEndpoint> =
-    HashMap::with_max_entries(maps::POLICY_ENDPOINTS_MAX_ENTRIES, 0);
+#[map(name = "POLICY_ENDPTS")]
+pub static POLICY_ENDPTS: HashMap<u32, PolicyEndpoint> =
+    HashMap::with_max_entries(maps::POLICY_ENDPTS_MAX_ENTRIES, 0);
 
 /// Address prefix → identity.
 #[map(name = "POLICY_IPCACHE")]
@@ -141,5 +141,4 @@ pub static EVENTS_LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per-CPU rate limiter per event kind.
 #[map(name = "EVENT_RATE")]
-pub static EVENT_RATE: PerCpuArray<RateState> =
-    PerCpuArray::with_max_entries(maps::EVENT_KINDS, 0);
+pub static EVENT_RATE: PerCpuArray<RateState> = PerCpuArray::with_max_entries(maps::EVENT_KINDS, 0);

@@ -24,8 +24,8 @@ use berth_common::{
 
 use crate::{
     maps::{
-        EVENT_RATE, EVENTS, EVENTS_LOST, LB_CONNTRACK, POLICY_CT, POLICY_ENDPOINTS, POLICY_IPCACHE, POLICY_RULES,
-        count_policy,
+        EVENT_RATE, EVENTS, EVENTS_LOST, LB_CONNTRACK, POLICY_CT, POLICY_ENDPTS, POLICY_IPCACHE,
+        POLICY_RULES, count_policy,
     },
     net::{ETH_HDR_LEN, ETH_P_IP, IPV4_FRAG_OFFSET_MASK, IPV4_MIN_HDR_LEN},
 };
@@ -92,7 +92,7 @@ pub fn ifindex(ctx: &TcContext) -> u32 {
 #[inline(never)]
 pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
     // SAFETY: copied out at once; the agent replaces whole elements.
-    let Some(ep) = (unsafe { POLICY_ENDPOINTS.get(&ifindex) }).copied() else {
+    let Some(ep) = (unsafe { POLICY_ENDPTS.get(&ifindex) }).copied() else {
         return true; // not an endpoint berth manages
     };
     let table = if direction == DIR_INGRESS {
@@ -125,7 +125,11 @@ pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
         // This side was not checked yet (the other endpoint made the entry), or was checked
         // against an older table.
         let recheck = ct.flags & ok_flag != 0;
-        let peer = if direction == DIR_INGRESS { k.saddr } else { k.daddr };
+        let peer = if direction == DIR_INGRESS {
+            k.saddr
+        } else {
+            k.daddr
+        };
         let passes = decide(ifindex, ep.flags, direction, table, peer, &k, recheck);
         if passes {
             if direction == DIR_INGRESS {
@@ -155,9 +159,19 @@ pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
         // SAFETY: as above.
         let ct = unsafe { &mut *ct };
         let (orig_dir, orig_table, orig_flag, stored) = if direction == DIR_INGRESS {
-            (DIR_EGRESS, ep.egress_table, PCT_F_EGRESS_OK, ct.egress_table)
+            (
+                DIR_EGRESS,
+                ep.egress_table,
+                PCT_F_EGRESS_OK,
+                ct.egress_table,
+            )
         } else {
-            (DIR_INGRESS, ep.ingress_table, PCT_F_INGRESS_OK, ct.ingress_table)
+            (
+                DIR_INGRESS,
+                ep.ingress_table,
+                PCT_F_INGRESS_OK,
+                ct.ingress_table,
+            )
         };
         if ct.flags & orig_flag != 0 && stored == orig_table {
             touch(ct, now, t.closing, PCT_F_SEEN_REPLY);
@@ -165,7 +179,11 @@ pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
         }
         // The original direction is re-decided against the current table: the peer is the
         // reply's destination when this pod is the original destination, and vice versa.
-        let peer = if direction == DIR_INGRESS { k.saddr } else { k.daddr };
+        let peer = if direction == DIR_INGRESS {
+            k.saddr
+        } else {
+            k.daddr
+        };
         let passes = decide(
             ifindex,
             ep.flags,
@@ -190,7 +208,11 @@ pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
     }
 
     // 3. A new flow.
-    let peer = if direction == DIR_INGRESS { k.saddr } else { k.daddr };
+    let peer = if direction == DIR_INGRESS {
+        k.saddr
+    } else {
+        k.daddr
+    };
     if !decide(ifindex, ep.flags, direction, table, peer, &k, false) {
         return false;
     }

@@ -28,10 +28,10 @@ use berth_common::lb::{
 };
 
 use crate::{
-    policy,
     lb::{Client, ct_create, ct_lookup, flow_hash, lookup_frontend, now_ns, select_backend},
     maps::{LB_CONFIG, count_lb},
     net::{ETH_HDR_LEN, ETH_P_IP, IPV4_FRAG_OFFSET_MASK, IPV4_MIN_HDR_LEN},
+    policy,
 };
 
 const IP_CSUM_OFF: usize = ETH_HDR_LEN + 10;

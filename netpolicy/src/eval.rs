@@ -71,7 +71,9 @@ impl fmt::Display for Decision {
                 "denied: {pod} is selected by {} ({direction}) and no rule allows it",
                 policies.join(", ")
             ),
-            Decision::FromNode { .. } => f.write_str("traffic from the pod's node is always allowed"),
+            Decision::FromNode { .. } => {
+                f.write_str("traffic from the pod's node is always allowed")
+            }
         }
     }
 }

@@ -47,6 +47,8 @@ pub mod tables;
 mod types;
 
 #[cfg(test)]
+mod tables_tests;
+#[cfg(test)]
 mod tests;
 
 pub use error::{Error, Problem};

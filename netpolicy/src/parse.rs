@@ -19,6 +19,10 @@ pub fn parse(bytes: &[u8], origin: &str) -> Result<Vec<Policy>, Error> {
 pub struct Objects {
     pub policies: Vec<Policy>,
     pub namespaces: Vec<Namespace>,
+    /// Each valid object as it was given (JSON), by `NetworkPolicy namespace/name` or
+    /// `Namespace name`: what a store persists and re-parses. A later object of the same kind
+    /// and name replaces an earlier one.
+    pub raw: std::collections::BTreeMap<String, Value>,
 }
 
 /// Like [`parse`], and also accepts `v1` `Namespace` objects (at the top, in a `List` or a
@@ -58,99 +62,114 @@ struct Decoder {
 }
 
 impl Decoder {
-/// Decodes one object; `top` is false inside a List (Lists do not nest in kubectl either).
-fn decode(&mut self, doc: &Value, location: &str, top: bool) {
-    let field = |key: &str| doc.get(key).and_then(Value::as_str).unwrap_or("");
-    match (field("apiVersion"), field("kind")) {
-        ("networking.k8s.io/v1", "NetworkPolicy") => {
-            let np = match serde_path_to_error::deserialize::<_, NetworkPolicy>(doc) {
-                Ok(np) => np,
-                Err(e) => {
-                    let mut p = Problem::at(location, e.inner().to_string());
-                    p.object = Some(object_name(doc));
-                    p.field = Some(e.path().to_string());
-                    self.problems.push(p);
-                    return;
+    /// Decodes one object; `top` is false inside a List (Lists do not nest in kubectl either).
+    fn decode(&mut self, doc: &Value, location: &str, top: bool) {
+        let field = |key: &str| doc.get(key).and_then(Value::as_str).unwrap_or("");
+        match (field("apiVersion"), field("kind")) {
+            ("networking.k8s.io/v1", "NetworkPolicy") => {
+                let np = match serde_path_to_error::deserialize::<_, NetworkPolicy>(doc) {
+                    Ok(np) => np,
+                    Err(e) => {
+                        let mut p = Problem::at(location, e.inner().to_string());
+                        p.object = Some(object_name(doc));
+                        p.field = Some(e.path().to_string());
+                        self.problems.push(p);
+                        return;
+                    }
+                };
+                match compile(&np) {
+                    Ok(policy) => {
+                        self.objects
+                            .raw
+                            .insert(format!("NetworkPolicy {}", policy.key()), doc.clone());
+                        self.objects.policies.push(policy);
+                    }
+                    Err(ps) => self.problems.extend(ps.into_iter().map(|mut p| {
+                        p.location = Some(location.to_owned());
+                        p
+                    })),
                 }
-            };
-            match compile(&np) {
-                Ok(policy) => self.objects.policies.push(policy),
-                Err(ps) => self.problems.extend(ps.into_iter().map(|mut p| {
-                    p.location = Some(location.to_owned());
-                    p
-                })),
+            }
+            ("v1", "Namespace") if self.namespaces => self.namespace(doc, location),
+            (_, "List") | ("networking.k8s.io/v1", "NetworkPolicyList") if top => {
+                self.list(doc, location);
+            }
+            ("v1", "NamespaceList") if top && self.namespaces => self.list(doc, location),
+            (api, kind) => {
+                let expected = if self.namespaces {
+                    "networking.k8s.io/v1 NetworkPolicy or v1 Namespace"
+                } else {
+                    "networking.k8s.io/v1 NetworkPolicy"
+                };
+                self.problems.push(Problem::at(
+                    location,
+                    format!(
+                        "unsupported object apiVersion {api:?} kind {kind:?}: expected {expected}"
+                    ),
+                ));
             }
         }
-        ("v1", "Namespace") if self.namespaces => self.namespace(doc, location),
-        (_, "List") | ("networking.k8s.io/v1", "NetworkPolicyList") if top => {
-            self.list(doc, location);
-        }
-        ("v1", "NamespaceList") if top && self.namespaces => self.list(doc, location),
-        (api, kind) => {
-            let expected = if self.namespaces {
-                "networking.k8s.io/v1 NetworkPolicy or v1 Namespace"
-            } else {
-                "networking.k8s.io/v1 NetworkPolicy"
-            };
-            self.problems.push(Problem::at(
-                location,
-                format!("unsupported object apiVersion {api:?} kind {kind:?}: expected {expected}"),
-            ));
-        }
     }
-}
 
-fn list(&mut self, doc: &Value, location: &str) {
-    let Some(items) = doc.get("items").and_then(Value::as_array) else {
-        self.problems
-            .push(Problem::at(location, "a List needs an items array"));
-        return;
-    };
-    for (i, item) in items.iter().enumerate() {
-        let location = format!("{location}, items[{i}]");
-        self.decode(item, &location, false);
-    }
-}
-
-/// A Namespace: its name (a DNS label, as the apiserver requires) and labels.
-fn namespace(&mut self, doc: &Value, location: &str) {
-    let name = doc
-        .get("metadata")
-        .and_then(|m| m.get("name"))
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let problem = |field: String, message: String| {
-        let mut p = Problem::new(&format!("Namespace {name}"), field, message);
-        p.location = Some(location.to_owned());
-        p
-    };
-    let ns = match serde_path_to_error::deserialize::<_, ApiNamespace>(doc) {
-        Ok(ns) => ns,
-        Err(e) => {
-            let p = problem(e.path().to_string(), e.inner().to_string());
-            self.problems.push(p);
+    fn list(&mut self, doc: &Value, location: &str) {
+        let Some(items) = doc.get("items").and_then(Value::as_array) else {
+            self.problems
+                .push(Problem::at(location, "a List needs an items array"));
             return;
+        };
+        for (i, item) in items.iter().enumerate() {
+            let location = format!("{location}, items[{i}]");
+            self.decode(item, &location, false);
         }
-    };
-    let name = ns.metadata.name.unwrap_or_default();
-    if name.is_empty() {
-        let p = problem("metadata.name".to_owned(), "is required".to_owned());
-        self.problems.push(p);
-    } else if !valid_dns_label(&name) {
-        let p = problem(
-            "metadata.name".to_owned(),
-            format!(
-                "{name:?} is not a valid DNS label (1-63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
-            ),
-        );
-        self.problems.push(p);
-    } else {
-        self.objects.namespaces.push(Namespace {
-            name,
-            labels: ns.metadata.labels.unwrap_or_default(),
-        });
     }
-}
+
+    /// A Namespace: its name (a DNS label, as the apiserver requires) and labels.
+    fn namespace(&mut self, doc: &Value, location: &str) {
+        let name = doc
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let object = if name.is_empty() {
+            "Namespace".to_owned()
+        } else {
+            format!("Namespace {name}")
+        };
+        let problem = |field: String, message: String| {
+            let mut p = Problem::new(&object, field, message);
+            p.location = Some(location.to_owned());
+            p
+        };
+        let ns = match serde_path_to_error::deserialize::<_, ApiNamespace>(doc) {
+            Ok(ns) => ns,
+            Err(e) => {
+                let p = problem(e.path().to_string(), e.inner().to_string());
+                self.problems.push(p);
+                return;
+            }
+        };
+        let name = ns.metadata.name.unwrap_or_default();
+        if name.is_empty() {
+            let p = problem("metadata.name".to_owned(), "is required".to_owned());
+            self.problems.push(p);
+        } else if !valid_dns_label(&name) {
+            let p = problem(
+                "metadata.name".to_owned(),
+                format!(
+                    "{name:?} is not a valid DNS label (1-63 lowercase letters, digits and '-', starting and ending with a letter or digit)"
+                ),
+            );
+            self.problems.push(p);
+        } else {
+            self.objects
+                .raw
+                .insert(format!("Namespace {name}"), doc.clone());
+            self.objects.namespaces.push(Namespace {
+                name,
+                labels: ns.metadata.labels.unwrap_or_default(),
+            });
+        }
+    }
 }
 
 /// An RFC 1123 label, what the apiserver requires of namespace names.

@@ -14,6 +14,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::Ipv4Addr,
+    rc::Rc,
 };
 
 use ipnet::{IpNet, Ipv4Net};
@@ -146,7 +147,10 @@ impl TryFrom<Persisted> for Identities {
 
     fn try_from(p: Persisted) -> Result<Identities, String> {
         if p.next < FIRST_IDENTITY {
-            return Err(format!("next identity {} is below {FIRST_IDENTITY}", p.next));
+            return Err(format!(
+                "next identity {} is below {FIRST_IDENTITY}",
+                p.next
+            ));
         }
         let mut by_key = HashMap::new();
         for (&id, key) in &p.identities {
@@ -263,10 +267,13 @@ pub struct Compiled {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EndpointTables {
+    /// The endpoint pod's own identity.
     pub identity: u32,
     /// None: no policy selects the pod for ingress (everything allowed). `Some(empty)`:
-    /// deny all (every `Some` ingress table has the node's entries, though).
+    /// deny all (but every `Some` ingress table lets the node in: one entry per Node
+    /// identity, any protocol and port, attributed to [`NODE_RULE`] rule 0).
     pub ingress: Option<Table>,
+    /// As `ingress`, for connections the pod opens; the node gets no special entry here.
     pub egress: Option<Table>,
 }
 
@@ -325,8 +332,8 @@ impl Lookup<'_> {
 }
 
 impl Table {
-    /// The kernel's algorithm: for peer in [`peer`, [`IDENTITY_ANY`]], for protocol in
-    /// [`Some(proto)`, None], the entry with the longest port prefix holding `port`; the
+    /// The kernel's algorithm: for the peer `peer` then [`IDENTITY_ANY`], for the protocol
+    /// `Some(proto)` then None, the entry with the longest port prefix holding `port`; the
     /// first hit wins. All entries allow, so the order only decides the attribution.
     pub fn lookup(&self, peer: u32, proto: Protocol, port: u16) -> Option<&Entry> {
         for peer in [peer, IDENTITY_ANY] {
@@ -408,15 +415,21 @@ pub fn compile(input: &ClusterState<'_>, ids: &mut Identities) -> Compiled {
         .into_iter()
         .collect();
     let signature = |addr: Ipv4Addr| -> Vec<BlockRef> {
-        blocks.iter().filter(|b| b.contains(addr)).cloned().collect()
+        blocks
+            .iter()
+            .filter(|b| b.contains(addr))
+            .cloned()
+            .collect()
     };
 
     // Outside the cluster, the signature only changes at block boundaries: the region of a
     // boundary prefix (its addresses that no longer boundary covers) has one signature.
     let mut by_prefix: BTreeMap<Ipv4Net, IdentityKey> = std::iter::once(Ipv4Net::default())
-        .chain(blocks.iter().flat_map(|b| {
-            std::iter::once(b.cidr).chain(b.except.iter().copied())
-        }))
+        .chain(
+            blocks
+                .iter()
+                .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())),
+        )
         .map(|net| {
             let sig = blocks
                 .iter()
@@ -469,14 +482,14 @@ pub fn compile(input: &ClusterState<'_>, ids: &mut Identities) -> Compiled {
     let prefixes = by_prefix.iter().map(|(n, k)| (*n, id_of(k))).collect();
     let pod_ids: Vec<u32> = pod_keys.iter().map(id_of).collect();
 
-    let ctx = Tables {
-        policies: input.policies,
-        namespaces: input.namespaces,
-        identities: &identities,
-    };
+    let mut ctx = Tables::new(input, &identities);
+    let mut pod_index: HashMap<String, usize> = HashMap::new();
+    for (i, pod) in input.pods.iter().enumerate() {
+        pod_index.entry(pod.key()).or_insert(i);
+    }
     let mut endpoints = BTreeMap::new();
     for key in input.endpoints {
-        let Some(i) = input.pods.iter().position(|p| p.key() == *key) else {
+        let Some(&i) = pod_index.get(key) else {
             continue;
         };
         let pod = &input.pods[i];
@@ -497,22 +510,66 @@ pub fn compile(input: &ClusterState<'_>, ids: &mut Identities) -> Compiled {
     }
 }
 
-/// What building a table needs.
+/// What building tables needs, with what does not depend on the endpoint worked out once.
 struct Tables<'a> {
     policies: &'a [Policy],
-    namespaces: &'a [Namespace],
     identities: &'a BTreeMap<u32, IdentityKey>,
+    /// The labels namespace selectors see, per namespace of a pod identity.
+    ns_labels: HashMap<&'a str, BTreeMap<String, String>>,
+    /// Pod identities with a container port of that name and protocol, and its number.
+    named: HashMap<(&'a str, Protocol), Vec<(u32, u16)>>,
+    node_ids: Vec<u32>,
+    /// Rules' expanded peers (None: every peer), by (policy index, direction, rule index):
+    /// they are the same for every endpoint.
+    peers: HashMap<(usize, Direction, usize), Peers>,
 }
+
+/// A rule's peer identities; None: every peer. Shared between the endpoints' tables.
+type Peers = Rc<Option<BTreeSet<u32>>>;
 
 /// An entry's key: what the kernel matches on.
 type Key = (u32, Option<Protocol>, u16, u8);
 
-impl Tables<'_> {
+impl<'a> Tables<'a> {
+    fn new(input: &ClusterState<'a>, identities: &'a BTreeMap<u32, IdentityKey>) -> Self {
+        let mut ns_labels = HashMap::new();
+        let mut named: HashMap<_, Vec<_>> = HashMap::new();
+        let mut node_ids = Vec::new();
+        for (&id, key) in identities {
+            match key {
+                IdentityKey::Pod {
+                    namespace, ports, ..
+                } => {
+                    ns_labels
+                        .entry(namespace.as_str())
+                        .or_insert_with(|| namespace_labels(input.namespaces, namespace));
+                    for (name, port, proto) in ports {
+                        named
+                            .entry((name.as_str(), *proto))
+                            .or_default()
+                            .push((id, *port));
+                    }
+                }
+                IdentityKey::Node { .. } => node_ids.push(id),
+                IdentityKey::World { .. } => {}
+            }
+        }
+        Tables {
+            policies: input.policies,
+            identities,
+            ns_labels,
+            named,
+            node_ids,
+            peers: HashMap::new(),
+        }
+    }
+
     /// `pod`'s table for `dir`; None when no policy selects it for `dir`.
-    fn table(&self, pod: &Pod, dir: Direction) -> Option<Table> {
+    fn table(&mut self, pod: &Pod, dir: Direction) -> Option<Table> {
         let mut entries: BTreeMap<Key, RuleRef> = BTreeMap::new();
         let mut selected = false;
-        for policy in self.policies {
+        let policies = self.policies;
+        for (pi, policy) in policies.iter().enumerate() {
             let rules = match dir {
                 Direction::Ingress => &policy.ingress,
                 Direction::Egress => &policy.egress,
@@ -522,12 +579,20 @@ impl Tables<'_> {
                 continue;
             }
             selected = true;
-            for (i, rule) in rules.iter().enumerate() {
+            for (ri, rule) in rules.iter().enumerate() {
                 let rule_ref = RuleRef {
                     policy: policy.key(),
-                    rule: i,
+                    rule: ri,
                 };
-                for key in self.rule_keys(policy, rule, pod, dir) {
+                let peers = match self.peers.get(&(pi, dir, ri)) {
+                    Some(peers) => Rc::clone(peers),
+                    None => {
+                        let peers = Rc::new(self.rule_peers(policy, rule));
+                        self.peers.insert((pi, dir, ri), Rc::clone(&peers));
+                        peers
+                    }
+                };
+                for key in self.rule_keys(&peers, rule, pod, dir) {
                     // The first rule producing a key keeps it: evaluate's attribution order.
                     entries.entry(key).or_insert_with(|| rule_ref.clone());
                 }
@@ -539,14 +604,8 @@ impl Tables<'_> {
         if dir == Direction::Ingress {
             // The node may always connect in: one entry per Node identity, and no other
             // entry for it, so its connections are attributed to the node.
-            let nodes: Vec<u32> = self
-                .identities
-                .iter()
-                .filter(|(_, k)| matches!(k, IdentityKey::Node { .. }))
-                .map(|(id, _)| *id)
-                .collect();
-            entries.retain(|k, _| !nodes.contains(&k.0));
-            for id in nodes {
+            entries.retain(|k, _| !self.node_ids.contains(&k.0));
+            for &id in &self.node_ids {
                 let node = RuleRef {
                     policy: NODE_RULE.to_owned(),
                     rule: 0,
@@ -567,15 +626,24 @@ impl Tables<'_> {
         Some(Table { entries })
     }
 
-    /// The entry keys of one rule of `policy` in `pod`'s `dir` table.
-    fn rule_keys(&self, policy: &Policy, rule: &Rule, pod: &Pod, dir: Direction) -> Vec<Key> {
-        // None: every peer.
-        let peers: Option<BTreeSet<u32>> = rule.peers.as_ref().map(|sels| {
+    /// The identities `rule` of `policy` allows as peers; None: every peer.
+    fn rule_peers(&self, policy: &Policy, rule: &Rule) -> Option<BTreeSet<u32>> {
+        rule.peers.as_ref().map(|sels| {
             sels.iter()
                 .flat_map(|s| self.peer_ids(&policy.namespace, s))
                 .collect()
-        });
-        let any_or_peers: Vec<u32> = match &peers {
+        })
+    }
+
+    /// The entry keys of `rule`, whose peers are `peers`, in `pod`'s `dir` table.
+    fn rule_keys(
+        &self,
+        peers: &Option<BTreeSet<u32>>,
+        rule: &Rule,
+        pod: &Pod,
+        dir: Direction,
+    ) -> Vec<Key> {
+        let any_or_peers: Vec<u32> = match peers {
             None => vec![IDENTITY_ANY],
             Some(ids) => ids.iter().copied().collect(),
         };
@@ -604,17 +672,10 @@ impl Tables<'_> {
                 // In egress, each destination pod: the port is per pod identity (the ports are
                 // in its key). Other destinations have no named ports.
                 PortMatch::Named(name) => {
-                    for (&id, key) in self.identities {
-                        let IdentityKey::Pod { ports, .. } = key else {
-                            continue;
-                        };
-                        if peers.as_ref().is_some_and(|s| !s.contains(&id)) {
-                            continue;
-                        }
-                        for (n, port, p) in ports {
-                            if n == name && *p == sel.protocol {
-                                keys.push((id, proto, *port, 16));
-                            }
+                    let targets = self.named.get(&(name.as_str(), sel.protocol));
+                    for &(id, port) in targets.into_iter().flatten() {
+                        if peers.as_ref().is_none_or(|s| s.contains(&id)) {
+                            keys.push((id, proto, port, 16));
                         }
                     }
                 }
@@ -638,7 +699,10 @@ impl Tables<'_> {
                     };
                     let ns_ok = match namespaces {
                         None => namespace == policy_ns,
-                        Some(s) => s.matches(&namespace_labels(self.namespaces, namespace)),
+                        Some(s) => self
+                            .ns_labels
+                            .get(namespace.as_str())
+                            .is_some_and(|l| s.matches(l)),
                     };
                     ns_ok && pods.as_ref().is_none_or(|s| s.matches(labels))
                 })

@@ -619,8 +619,7 @@ spec:
         "podSelector: {}\n  policyTypes: [Ingress, Egress]",
     );
     let only_web_in = ingress_to_db("[{podSelector: {matchLabels: {app: web}}}]");
-    let node_excluded =
-        ingress_to_db("[{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.100.0/24]}}]");
+    let node_excluded = ingress_to_db("[{ipBlock: {cidr: 10.0.0.0/8, except: [10.0.100.0/24]}}]");
     // (policies, [node->db, node->web, web->node:80, web->node:5432, db->node:80, node->node,
     //  node->outside, outside->db])
     let rows: Vec<(String, [bool; 8])> = vec![
@@ -1293,7 +1292,7 @@ fn parse_objects_rejects_bad_namespaces() {
     let rows: &[(&str, &str)] = &[
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {labels: {a: b}}\n",
-            "t.yaml: document 1: Namespace : metadata.name: is required",
+            "t.yaml: document 1: Namespace: metadata.name: is required",
         ),
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: Prod}\n",
@@ -1309,7 +1308,7 @@ fn parse_objects_rejects_bad_namespaces() {
         ),
         (
             "apiVersion: v1\nkind: List\nitems: [{apiVersion: v1, kind: Namespace, metadata: {name: ''}}]\n",
-            "t.yaml: document 1, items[0]: Namespace : metadata.name: is required",
+            "t.yaml: document 1, items[0]: Namespace: metadata.name: is required",
         ),
         (
             "apiVersion: v1\nkind: Namespace\nmetadata: {name: a, labels: {k: [1]}}\n",
@@ -1330,7 +1329,12 @@ fn parse_objects_rejects_bad_namespaces() {
         }
     }
     // A 63-character name is a valid label, 64 is not.
-    let name = |n: usize| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n", "a".repeat(n));
+    let name = |n: usize| {
+        format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {}}}\n",
+            "a".repeat(n)
+        )
+    };
     assert!(crate::parse_objects(name(63).as_bytes(), "t.yaml").is_ok());
     assert!(crate::parse_objects(name(64).as_bytes(), "t.yaml").is_err());
 }
@@ -1338,7 +1342,9 @@ fn parse_objects_rejects_bad_namespaces() {
 #[test]
 fn parse_still_rejects_namespaces() {
     let yaml = "apiVersion: v1\nkind: Namespace\nmetadata: {name: prod}\n";
-    let err = parse(yaml.as_bytes(), "t.yaml").err().map(|e| e.to_string());
+    let err = parse(yaml.as_bytes(), "t.yaml")
+        .err()
+        .map(|e| e.to_string());
     assert_eq!(
         err.as_deref(),
         Some(

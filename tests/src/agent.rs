@@ -103,6 +103,8 @@ impl AgentProcess {
             // Never the node's own desired state under /var/lib/berth.
             .arg("--state-dir")
             .arg(paths.state_dir())
+            // Nor the node's containers (a test with an engine passes --engine-root).
+            .env("BERTH_ROOT", paths.state_dir().join("engine"))
             .args(extra)
             .stdout(log.try_clone()?)
             .stderr(log)

@@ -131,6 +131,7 @@ fn containers(berth: &str) -> Result<()> {
     std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
     for applet in [
         "sh", "echo", "id", "hostname", "cat", "sleep", "ps", "httpd", "wget", "mkdir", "ip",
+        "timeout",
     ] {
         let link = bin.join(applet);
         if !link.exists() {
@@ -354,7 +355,130 @@ endpoints:
     {
         println!("{line}");
     }
+    policies(berth, &ips)
+}
+
+const POLICIES: &str = "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: default-deny, namespace: default}
+spec: {podSelector: {}, policyTypes: [Ingress]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web-from-clients, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {role: client}}}]
+    ports: [{port: 8080}]
+";
+
+/// NetworkPolicy: a default-deny and an allow rule, enforced by tc programs on the containers'
+/// veths, shown with real connections, `policy explain`, verdict events and counters.
+fn policies(berth: &str, ips: &[String]) -> Result<()> {
+    let _cleanup = PolicyGuard {
+        berth: berth.to_owned(),
+    };
+    step("berth policy apply: default-deny ingress, and allow role=client to the web pods on 8080");
+    println!("{POLICIES}");
+    let mut apply = Command::new(berth);
+    apply
+        .args(["policy", "apply", "-f", "-"])
+        .stdin(Stdio::piped());
+    eprintln!("+ {berth} policy apply -f -");
+    let mut child = apply.spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("stdin")?,
+        POLICIES.as_bytes(),
+    )?;
+    if !child.wait()?.success() {
+        bail!("berth policy apply failed");
+    }
+    sh::run(berth, &["policy", "ls"])?;
+    let url = format!("http://{}:8080/", ips[0]);
+    step("a container labelled role=client reaches a web pod");
+    sh::run(
+        berth,
+        &[
+            "run",
+            "--rm",
+            "--label",
+            "role=client",
+            "demo/busybox",
+            "timeout",
+            "3",
+            "wget",
+            "-qO-",
+            &url,
+        ],
+    )?;
+    step("a container without the label is dropped by the web pod's ingress policy");
+    let out = Command::new(berth)
+        .args([
+            "run",
+            "--rm",
+            "demo/busybox",
+            "timeout",
+            "2",
+            "wget",
+            "-qO-",
+            &url,
+        ])
+        .output()?;
+    if out.status.success() {
+        bail!("the unlabelled container reached {url}: the policy was not enforced");
+    }
+    println!(
+        "wget {url}: {} (denied, as expected)",
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    step("berth policy explain: the verdict and the policy and rule that decide it");
+    for (from, to) in [("demo-web2", "demo-web1"), ("10.88.0.1", "demo-web1")] {
+        let args = [
+            "policy", "explain", "--from", from, "--to", to, "--port", "8080/TCP",
+        ];
+        eprintln!("+ {berth} {}", args.join(" "));
+        // Exit code 1 means "denied": the answer, not a failure of the demo.
+        let _ = Command::new(berth).args(args).status()?;
+    }
+    step("verdict events (JSON lines, schema berth.event.v1)");
+    let events =
+        sh::output(berth, &["events", "--type", "policy_verdict"]).context("berth events")?;
+    for line in events
+        .lines()
+        .rev()
+        .take(3)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        println!("{line}");
+    }
+    let text = sh::output("curl", &["-sf", METRICS]).context("scraping /metrics")?;
+    println!("$ curl -s {METRICS} | grep berth_policy_");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("berth_policy_") && !l.ends_with(" 0") && !l.contains("_bucket"))
+    {
+        println!("{line}");
+    }
     Ok(())
+}
+
+/// Removes the demo's policies, also when a step fails.
+struct PolicyGuard {
+    berth: String,
+}
+
+impl Drop for PolicyGuard {
+    fn drop(&mut self) {
+        for name in ["default/default-deny", "default/web-from-clients"] {
+            let _ = Command::new(&self.berth)
+                .args(["policy", "delete", name])
+                .stdout(Stdio::null())
+                .status();
+        }
+    }
 }
 
 /// Removes the demo's service and web containers, also when a step fails.

@@ -10,6 +10,7 @@ pub mod inspect;
 pub mod lb;
 pub mod pins;
 pub mod pods;
+pub mod policy;
 mod sock;
 
 use std::{

@@ -143,7 +143,11 @@ pub(super) fn load_and_pin(ebpf: &mut aya::Ebpf, layout: &PinLayout) -> super::R
     Ok(())
 }
 
-fn load_and_pin_one(ebpf: &mut aya::Ebpf, layout: &PinLayout, name: &'static str) -> super::Result<()> {
+fn load_and_pin_one(
+    ebpf: &mut aya::Ebpf,
+    layout: &PinLayout,
+    name: &'static str,
+) -> super::Result<()> {
     let program = super::loaded_program(ebpf, name, SchedClassifier::load)?;
     let pin = layout.prog(name);
     let _ = std::fs::remove_file(&pin);

@@ -491,6 +491,8 @@ impl Engine {
                     meta.ports_published = true;
                     self.save(meta)?;
                 }
+                // The agent makes the new endpoint's policy entries before the process starts.
+                self.notify("network", meta);
                 Ok(warning)
             }
         }
@@ -825,7 +827,7 @@ impl Engine {
         if let Ok(rt) = rt {
             let result = rt.block_on(async {
                 tokio::time::timeout(
-                    Duration::from_millis(500),
+                    Duration::from_secs(2),
                     crate::client::post_json(&socket, crate::api::paths::CONTAINER_EVENTS, &body),
                 )
                 .await

@@ -1,0 +1,687 @@
+//! The agent's desired state for NetworkPolicy and its one reconcile path into the data plane.
+//!
+//! Policies and Namespaces arrive as manifests (`berth policy apply`, through the API); pods are
+//! the bridge-networked containers of the engine on this node (their labels, address, and
+//! `port.berth.io/NAME` labels for named ports; the namespace is the
+//! `io.kubernetes.pod.namespace` label, as the CRI sets it, else `default`). Every change is
+//! validated as a whole first (a bad object changes nothing), compiled by `berth-netpolicy` into
+//! identities and per-endpoint tables, and written by [`PolicyWriter`], which writes only what
+//! differs. The manifests, the identity numbers and the rule ids are persisted under the state
+//! directory, so a restarted agent recompiles to the same tables and rewrites nothing.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Instant,
+};
+
+use berth_common::lb::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
+use berth_netpolicy::{
+    ClusterState, Compiled, Identities, NamedPort, Namespace, Peer, Pod, Policy, Protocol, RuleRef,
+};
+
+use crate::{
+    dataplane::{
+        PinLayout,
+        policy::{
+            DesiredEndpoint, KernelRule, KernelTable, PolicyChanges, PolicyMapError, PolicyWriter,
+        },
+    },
+    engine::{ContainerMeta, NetworkMode},
+};
+
+/// Label holding a container's Kubernetes namespace (the CRI's own label).
+pub const NAMESPACE_LABEL: &str = "io.kubernetes.pod.namespace";
+/// Label prefix of named container ports: `port.berth.io/http=8080` or `=53/UDP`.
+pub const PORT_LABEL_PREFIX: &str = "port.berth.io/";
+/// Namespace label that puts every pod of the namespace in audit mode: denials are reported
+/// and counted but not enforced.
+pub const AUDIT_LABEL: &str = "policy.berth.io/audit";
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyStoreError {
+    #[error(transparent)]
+    Invalid(#[from] berth_netpolicy::Error),
+    #[error(transparent)]
+    Dataplane(#[from] PolicyMapError),
+    #[error("{op} {path}: {detail}")]
+    State {
+        op: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
+    #[error("{0}")]
+    Lookup(String),
+}
+
+/// What is persisted.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+struct Persisted {
+    format: u32,
+    /// The objects as applied (JSON), by `Kind namespace/name`.
+    objects: BTreeMap<String, serde_json::Value>,
+    identities: Identities,
+    /// `namespace/name#rule` (and the node marker) → rule id in kernel tables.
+    rule_ids: BTreeMap<String, u32>,
+}
+
+const FORMAT: u32 = 1;
+
+/// What `apply`/`delete` did, as the API returns it.
+#[derive(Debug, serde::Serialize)]
+pub struct PolicyOutcome {
+    /// kubectl-style lines: "networkpolicy/default/deny created".
+    pub text: String,
+    pub dataplane: PolicyChanges,
+    pub compile_seconds: f64,
+    pub reconcile_seconds: f64,
+}
+
+/// Prometheus instruments of the policy reconcile path.
+#[derive(Clone)]
+pub struct PolicyMetrics {
+    pub reconcile_seconds: prometheus::Histogram,
+    pub policies: prometheus::IntGauge,
+    pub endpoints: prometheus::IntGauge,
+    pub identities: prometheus::IntGauge,
+    pub tables: prometheus::IntGauge,
+    pub rules: prometheus::IntGauge,
+}
+
+pub struct PolicyStore {
+    path: PathBuf,
+    engine_root: PathBuf,
+    state: Persisted,
+    policies: Vec<Policy>,
+    namespaces: Vec<Namespace>,
+    /// `Kind ns/name` of each parsed object, in `policies`/`namespaces` order.
+    policy_keys: Vec<String>,
+    global_audit: bool,
+    writer: PolicyWriter,
+    metrics: PolicyMetrics,
+    node_addrs: Vec<Ipv4Addr>,
+    /// The last compiled state and the pods it was compiled from (explain and events use them).
+    compiled: Option<Compiled>,
+    pods: Vec<LocalPod>,
+    /// rule id → (policy, rule) for events.
+    rules_by_id: BTreeMap<u32, String>,
+    /// Told who endpoints and rule ids are after every reconcile.
+    events: Option<Arc<crate::events::EventHub>>,
+    /// What was last written to `path` (a reconcile that allots identities saves them at once,
+    /// so a restarted agent numbers everything the same way and rewrites nothing).
+    saved: Vec<u8>,
+}
+
+/// A pod on this node, from the engine's records.
+#[derive(Clone, Debug)]
+pub struct LocalPod {
+    pub pod: Pod,
+    pub container_id: String,
+    /// Host-side veth ifindex while the container runs; 0 otherwise.
+    pub ifindex: u32,
+}
+
+fn protocol_number(p: Option<Protocol>) -> u8 {
+    match p {
+        None => berth_common::policy::PROTO_ANY,
+        Some(Protocol::Tcp) => PROTO_TCP,
+        Some(Protocol::Udp) => PROTO_UDP,
+        Some(Protocol::Sctp) => PROTO_SCTP,
+    }
+}
+
+/// The pod a container is, if it has a bridge address.
+pub fn pod_of(meta: &ContainerMeta) -> Option<LocalPod> {
+    if meta.network_mode != NetworkMode::Bridge {
+        return None;
+    }
+    let ip = meta.ip?;
+    // An endpoint while its veth exists under the recorded name and index (from the moment
+    // the engine connects it, before the container's process starts, until it exits).
+    let running = meta.finished_at.is_none()
+        && meta.host_ifindex != 0
+        && meta
+            .host_veth
+            .as_deref()
+            .and_then(|n| nix::net::if_::if_nametoindex(n).ok())
+            == Some(meta.host_ifindex);
+    let mut ports = Vec::new();
+    for (k, v) in &meta.labels {
+        let Some(name) = k.strip_prefix(PORT_LABEL_PREFIX) else {
+            continue;
+        };
+        let (num, proto) = match v.split_once('/') {
+            Some((n, p)) => (n, Protocol::from_api(&p.to_ascii_uppercase())),
+            None => (v.as_str(), Some(Protocol::Tcp)),
+        };
+        match (num.parse::<u16>(), proto) {
+            (Ok(port), Some(protocol)) if port > 0 => ports.push(NamedPort {
+                name: name.to_owned(),
+                port,
+                protocol,
+            }),
+            _ => tracing::warn!(container = %meta.name, label = %k, value = %v,
+                "ignoring a named-port label that is not PORT or PORT/PROTOCOL"),
+        }
+    }
+    Some(LocalPod {
+        pod: Pod {
+            namespace: meta
+                .labels
+                .get(NAMESPACE_LABEL)
+                .cloned()
+                .unwrap_or_else(|| "default".to_owned()),
+            name: meta.name.clone(),
+            labels: meta.labels.clone(),
+            ip: Some(ip),
+            ports,
+        },
+        container_id: meta.id.clone(),
+        ifindex: if running { meta.host_ifindex } else { 0 },
+    })
+}
+
+impl PolicyStore {
+    /// Opens the persisted state (a corrupt file is an error: the agent refuses to start rather
+    /// than drop every policy) and reconciles the maps with it.
+    pub fn open(
+        state_dir: &Path,
+        engine_root: &Path,
+        layout: &PinLayout,
+        global_audit: bool,
+        metrics: PolicyMetrics,
+        events: Option<Arc<crate::events::EventHub>>,
+    ) -> Result<Self, PolicyStoreError> {
+        let path = state_dir.join("policies.json");
+        let state_err = |op, detail: String| PolicyStoreError::State {
+            op,
+            path: path.clone(),
+            detail,
+        };
+        let state: Persisted = match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| state_err("reading the saved policies", e.to_string()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
+                format: FORMAT,
+                ..Persisted::default()
+            },
+            Err(e) => return Err(state_err("reading", e.to_string())),
+        };
+        if state.format != FORMAT {
+            return Err(state_err(
+                "reading the saved policies",
+                format!("unknown format {}", state.format),
+            ));
+        }
+        let mut store = Self {
+            path,
+            engine_root: engine_root.to_owned(),
+            state,
+            policies: Vec::new(),
+            namespaces: Vec::new(),
+            policy_keys: Vec::new(),
+            global_audit,
+            writer: PolicyWriter::open(layout)?,
+            metrics,
+            node_addrs: Vec::new(),
+            compiled: None,
+            pods: Vec::new(),
+            rules_by_id: BTreeMap::new(),
+            events,
+            saved: Vec::new(),
+        };
+        store.reparse()?;
+        store.refresh_node();
+        let (changes, _, _) = store.reconcile()?;
+        tracing::info!(
+            policies = store.policies.len(),
+            ?changes,
+            "policies reconciled from the persisted state"
+        );
+        Ok(store)
+    }
+
+    /// Rebuilds the parsed objects from the persisted JSON.
+    fn reparse(&mut self) -> Result<(), PolicyStoreError> {
+        let docs: Vec<&serde_json::Value> = self.state.objects.values().collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": docs,
+        }))
+        .map_err(|e| PolicyStoreError::Lookup(e.to_string()))?;
+        let objects = berth_netpolicy::parse_objects(&bytes, &self.path.display().to_string())?;
+        self.policy_keys = objects
+            .policies
+            .iter()
+            .map(|p| format!("NetworkPolicy {}", p.key()))
+            .collect();
+        self.policies = objects.policies;
+        self.namespaces = objects.namespaces;
+        Ok(())
+    }
+
+    /// This node's addresses (ingress from them is always allowed).
+    pub fn refresh_node(&mut self) {
+        let mut addrs = BTreeSet::new();
+        if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
+            for ifa in ifaddrs {
+                if let Some(a) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
+                    addrs.insert(a.ip());
+                }
+            }
+        }
+        self.node_addrs = addrs.into_iter().collect();
+    }
+
+    fn local_pods(&self) -> Vec<LocalPod> {
+        let engine = crate::engine::Engine::new(crate::engine::EnginePaths {
+            root: self.engine_root.clone(),
+            runtime_root: PathBuf::new(),
+            pin_root: PathBuf::new(),
+            api_socket: PathBuf::new(),
+        });
+        match engine.list() {
+            Ok(list) => list.iter().filter_map(pod_of).collect(),
+            Err(e) => {
+                tracing::warn!(root = %self.engine_root.display(), error = %e, "listing containers");
+                Vec::new()
+            }
+        }
+    }
+
+    fn rule_id(&mut self, rule: &RuleRef) -> u32 {
+        let key = format!("{}#{}", rule.policy, rule.rule);
+        if let Some(id) = self.state.rule_ids.get(&key) {
+            return *id;
+        }
+        let id = self.state.rule_ids.values().max().map_or(1, |m| m + 1);
+        self.state.rule_ids.insert(key, id);
+        id
+    }
+
+    /// Compiles the desired state and writes the difference into the maps.
+    pub fn reconcile(&mut self) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
+        let started = Instant::now();
+        let pods = self.local_pods();
+        let all: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
+        let endpoint_keys: Vec<String> = pods
+            .iter()
+            .filter(|p| p.ifindex != 0)
+            .map(|p| p.pod.key())
+            .collect();
+        let compiled = berth_netpolicy::compile_tables(
+            &ClusterState {
+                policies: &self.policies,
+                pods: &all,
+                namespaces: &self.namespaces,
+                node_addrs: &self.node_addrs,
+                endpoints: &endpoint_keys,
+            },
+            &mut self.state.identities,
+        );
+        // Kernel tables, shared by content.
+        let mut interned: BTreeMap<KernelTable, Arc<KernelTable>> = BTreeMap::new();
+        let mut endpoints = BTreeMap::new();
+        for lp in pods.iter().filter(|p| p.ifindex != 0) {
+            let Some(tables) = compiled.endpoints.get(&lp.pod.key()) else {
+                continue;
+            };
+            let mut kernel = |t: &Option<berth_netpolicy::Table>, store: &mut Self| {
+                t.as_ref().map(|t| {
+                    let mut rules: KernelTable = t
+                        .entries
+                        .iter()
+                        .map(|e| KernelRule {
+                            peer: e.peer,
+                            proto: protocol_number(e.proto),
+                            port: e.port,
+                            port_prefix_len: e.port_prefix_len,
+                            rule_id: store.rule_id(&e.rule),
+                        })
+                        .collect();
+                    rules.sort();
+                    rules.dedup_by(|a, b| {
+                        (a.peer, a.proto, a.port, a.port_prefix_len)
+                            == (b.peer, b.proto, b.port, b.port_prefix_len)
+                    });
+                    interned
+                        .entry(rules.clone())
+                        .or_insert_with(|| Arc::new(rules))
+                        .clone()
+                })
+            };
+            let ingress = kernel(&tables.ingress, self);
+            let egress = kernel(&tables.egress, self);
+            let audit = self.global_audit
+                || self
+                    .namespaces
+                    .iter()
+                    .find(|n| n.name == lp.pod.namespace)
+                    .and_then(|n| n.labels.get(AUDIT_LABEL))
+                    .is_some_and(|v| v == "true");
+            endpoints.insert(
+                lp.ifindex,
+                DesiredEndpoint {
+                    identity: tables.identity,
+                    ingress,
+                    egress,
+                    audit,
+                },
+            );
+        }
+        let compile_seconds = started.elapsed().as_secs_f64();
+        let written = Instant::now();
+        let changes = self.writer.reconcile(&compiled.prefixes, &endpoints)?;
+        let reconcile_seconds = written.elapsed().as_secs_f64();
+        // The maps no longer refer to identities nothing has: forget them (their numbers are
+        // never handed out again).
+        self.state.identities.retain(&compiled.live_keys());
+        self.metrics
+            .reconcile_seconds
+            .observe(compile_seconds + reconcile_seconds);
+        self.metrics.policies.set(self.policies.len() as i64);
+        self.metrics.endpoints.set(endpoints.len() as i64);
+        self.metrics
+            .identities
+            .set(compiled.identities.len() as i64);
+        let (tables, rules) = self.writer.sizes();
+        self.metrics.tables.set(tables as i64);
+        self.metrics.rules.set(rules as i64);
+        self.rules_by_id = self
+            .state
+            .rule_ids
+            .iter()
+            .map(|(k, v)| (*v, k.clone()))
+            .collect();
+        self.compiled = Some(compiled);
+        self.pods = pods;
+        if let Some(hub) = &self.events {
+            self.publish_attribution(hub);
+        }
+        self.save()?;
+        if changes != PolicyChanges::default() {
+            tracing::info!(
+                ?changes,
+                compile_seconds,
+                reconcile_seconds,
+                "policy reconciled"
+            );
+        }
+        Ok((changes, compile_seconds, reconcile_seconds))
+    }
+
+    fn save(&mut self) -> Result<(), PolicyStoreError> {
+        let err = |op, e: &dyn std::fmt::Display| PolicyStoreError::State {
+            op,
+            path: self.path.clone(),
+            detail: e.to_string(),
+        };
+        let bytes = serde_json::to_vec(&self.state).map_err(|e| err("serializing", &e))?;
+        if bytes == self.saved {
+            return Ok(());
+        }
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| err("creating the directory of", &e))?;
+        }
+        berth_runtime::state::write_atomic(&self.path, &bytes).map_err(|e| err("saving", &e))?;
+        self.saved = bytes;
+        Ok(())
+    }
+
+    /// Applies manifests: every object is validated first; then they replace the objects of the
+    /// same kind and name, the maps are reconciled, and the state is saved.
+    pub fn apply(&mut self, bytes: &[u8], origin: &str) -> Result<PolicyOutcome, PolicyStoreError> {
+        let objects = berth_netpolicy::parse_objects(bytes, origin)?;
+        let mut lines = Vec::new();
+        let before = std::mem::take(&mut self.state.objects);
+        let mut next = before.clone();
+        for (key, raw) in objects.raw {
+            let verb = match next.get(&key) {
+                None => "created",
+                Some(old) if *old == raw => "unchanged",
+                Some(_) => "configured",
+            };
+            lines.push(format!("{} {verb}", display_key(&key)));
+            next.insert(key, raw);
+        }
+        self.state.objects = next;
+        self.commit(before, lines)
+    }
+
+    /// Deletes the objects named in manifests (absent ones are reported, not errors).
+    pub fn delete(
+        &mut self,
+        bytes: &[u8],
+        origin: &str,
+    ) -> Result<PolicyOutcome, PolicyStoreError> {
+        let objects = berth_netpolicy::parse_objects(bytes, origin)?;
+        let keys: Vec<String> = objects.raw.into_keys().collect();
+        self.delete_keys(&keys)
+    }
+
+    /// Deletes one NetworkPolicy by namespace and name.
+    pub fn delete_policy(
+        &mut self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<PolicyOutcome, PolicyStoreError> {
+        let key = format!("NetworkPolicy {namespace}/{name}");
+        if !self.state.objects.contains_key(&key) {
+            return Err(PolicyStoreError::Lookup(format!(
+                "networkpolicy {namespace}/{name} not found"
+            )));
+        }
+        self.delete_keys(&[key])
+    }
+
+    fn delete_keys(&mut self, keys: &[String]) -> Result<PolicyOutcome, PolicyStoreError> {
+        let before = self.state.objects.clone();
+        let mut lines = Vec::new();
+        for key in keys {
+            let verb = if self.state.objects.remove(key).is_some() {
+                "deleted"
+            } else {
+                "not found"
+            };
+            lines.push(format!("{} {verb}", display_key(key)));
+        }
+        self.commit(before, lines)
+    }
+
+    /// Re-parses the new object set and reconciles; on failure the previous objects are put
+    /// back (and reconciled again) so a failed change changes nothing.
+    fn commit(
+        &mut self,
+        before: BTreeMap<String, serde_json::Value>,
+        lines: Vec<String>,
+    ) -> Result<PolicyOutcome, PolicyStoreError> {
+        let result = self.reparse().and_then(|()| self.reconcile());
+        match result {
+            Ok((dataplane, compile_seconds, reconcile_seconds)) => {
+                self.save()?;
+                Ok(PolicyOutcome {
+                    text: lines.join("\n"),
+                    dataplane,
+                    compile_seconds,
+                    reconcile_seconds,
+                })
+            }
+            Err(e) => {
+                self.state.objects = before;
+                let _ = self.reparse().and_then(|()| self.reconcile());
+                Err(e)
+            }
+        }
+    }
+
+    /// Re-reads the node's addresses and the engine's containers and reconciles (a container
+    /// started or stopped).
+    pub fn containers_changed(&mut self) -> Result<PolicyChanges, PolicyStoreError> {
+        // The first container on a bridge brings the bridge's address (a node address) up.
+        self.refresh_node();
+        self.reconcile().map(|(c, _, _)| c)
+    }
+
+    /// Every policy and namespace, and the endpoints with their identities.
+    pub fn view(&self) -> serde_json::Value {
+        let compiled = self.compiled.as_ref();
+        let policies: Vec<serde_json::Value> = self
+            .policies
+            .iter()
+            .map(|p| {
+                let selected: Vec<String> = self
+                    .pods
+                    .iter()
+                    .filter(|lp| {
+                        lp.pod.namespace == p.namespace && p.pod_selector.matches(&lp.pod.labels)
+                    })
+                    .map(|lp| lp.pod.name.clone())
+                    .collect();
+                let mut types = Vec::new();
+                if p.ingress.is_some() {
+                    types.push("Ingress");
+                }
+                if p.egress.is_some() {
+                    types.push("Egress");
+                }
+                serde_json::json!({
+                    "namespace": p.namespace,
+                    "name": p.name,
+                    "policy_types": types,
+                    "ingress_rules": p.ingress.as_ref().map(Vec::len),
+                    "egress_rules": p.egress.as_ref().map(Vec::len),
+                    "selects": selected,
+                })
+            })
+            .collect();
+        let endpoints: Vec<serde_json::Value> = self
+            .pods
+            .iter()
+            .map(|lp| {
+                let tables = compiled.and_then(|c| c.endpoints.get(&lp.pod.key()));
+                serde_json::json!({
+                    "pod": lp.pod.key(),
+                    "container": lp.container_id,
+                    "ip": lp.pod.ip,
+                    "ifindex": lp.ifindex,
+                    "identity": tables.map(|t| t.identity),
+                    "ingress_enforced": tables.map(|t| t.ingress.is_some()),
+                    "egress_enforced": tables.map(|t| t.egress.is_some()),
+                })
+            })
+            .collect();
+        let namespaces: Vec<serde_json::Value> = self
+            .namespaces
+            .iter()
+            .map(|n| serde_json::json!({ "name": n.name, "labels": n.labels }))
+            .collect();
+        serde_json::json!({
+            "policies": policies,
+            "namespaces": namespaces,
+            "endpoints": endpoints,
+            "identities": compiled.map_or(0, |c| c.identities.len()),
+        })
+    }
+
+    /// The verdict for a connection and the policy and rule that decide it, from the reference
+    /// semantics, with what the compiled kernel tables say beside it.
+    pub fn explain(
+        &self,
+        from: &str,
+        to: &str,
+        port: u16,
+        proto: &str,
+    ) -> Result<serde_json::Value, PolicyStoreError> {
+        let proto = Protocol::from_api(&proto.to_ascii_uppercase()).ok_or_else(|| {
+            PolicyStoreError::Lookup(format!("unknown protocol {proto:?}: TCP, UDP or SCTP"))
+        })?;
+        let pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
+        let from = self.resolve(&pods, from)?;
+        let to = self.resolve(&pods, to)?;
+        let verdict = berth_netpolicy::evaluate(
+            &self.policies,
+            &pods,
+            &self.namespaces,
+            from,
+            to,
+            port,
+            proto,
+        );
+        Ok(serde_json::json!({
+            "allowed": verdict.allowed,
+            "explanation": verdict.reason.to_string(),
+            "egress": verdict.reason.egress.as_ref().map(|d| d.to_string()),
+            "ingress": verdict.reason.ingress.as_ref().map(|d| d.to_string()),
+        }))
+    }
+
+    fn resolve<'a>(&self, pods: &'a [Pod], what: &str) -> Result<Peer<'a>, PolicyStoreError> {
+        if let Ok(ip) = what.parse::<Ipv4Addr>() {
+            if let Some(p) = pods.iter().find(|p| p.ip == Some(ip)) {
+                return Ok(Peer::Pod(p));
+            }
+            if self.node_addrs.contains(&ip) {
+                return Ok(Peer::Node(ip));
+            }
+            return Ok(Peer::Ip(ip));
+        }
+        let (ns, name) = match what.split_once('/') {
+            Some((ns, name)) => (Some(ns), name),
+            None => (None, what),
+        };
+        let found: Vec<&Pod> = pods
+            .iter()
+            .filter(|p| p.name == name && ns.is_none_or(|ns| p.namespace == ns))
+            .collect();
+        match found.as_slice() {
+            [p] => Ok(Peer::Pod(p)),
+            [] => Err(PolicyStoreError::Lookup(format!(
+                "no pod {what:?} on this node (give NAMESPACE/NAME, a container name, or an IPv4 address)"
+            ))),
+            _ => Err(PolicyStoreError::Lookup(format!(
+                "{what:?} names several pods: give NAMESPACE/NAME"
+            ))),
+        }
+    }
+
+    /// Attribution of a verdict event: the endpoint's pod and the rule's policy.
+    pub fn describe(&self, ifindex: u32, rule_id: u32) -> (Option<String>, Option<String>) {
+        let pod = self
+            .pods
+            .iter()
+            .find(|p| p.ifindex == ifindex && ifindex != 0)
+            .map(|p| p.pod.key());
+        (pod, self.rules_by_id.get(&rule_id).cloned())
+    }
+
+    /// Hands the event decoder who each endpoint and rule id is.
+    fn publish_attribution(&self, hub: &crate::events::EventHub) {
+        let mut a = hub.attribution.write().unwrap_or_else(|p| p.into_inner());
+        a.endpoints = self
+            .pods
+            .iter()
+            .filter(|p| p.ifindex != 0)
+            .map(|p| (p.ifindex, p.pod.key()))
+            .collect();
+        a.rules = self
+            .rules_by_id
+            .iter()
+            .map(|(id, r)| (*id, r.clone()))
+            .collect();
+    }
+
+    pub fn gc_conntrack(&mut self, now_ns: u64) -> usize {
+        self.writer
+            .gc_conntrack(now_ns, &crate::dataplane::lb::CtTimeouts::default())
+            .1
+    }
+}
+
+/// `NetworkPolicy default/web` → `networkpolicy/default/web`.
+fn display_key(key: &str) -> String {
+    match key.split_once(' ') {
+        Some((kind, name)) => format!("{}/{name}", kind.to_ascii_lowercase()),
+        None => key.to_owned(),
+    }
+}
