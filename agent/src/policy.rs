@@ -119,7 +119,7 @@ pub struct PolicyStore {
 pub struct LocalPod {
     pub pod: Pod,
     pub container_id: String,
-    /// Host-side veth ifindex while the container runs; 0 otherwise.
+    /// Host-side veth ifindex.
     pub ifindex: u32,
 }
 
@@ -132,7 +132,8 @@ fn protocol_number(p: Option<Protocol>) -> u8 {
     }
 }
 
-/// The pod a container is, if it has a bridge address.
+/// The pod a container is, if it is connected to the bridge (from the moment the engine
+/// connects its veth, before its process starts, until it exits).
 pub fn pod_of(meta: &ContainerMeta) -> Option<LocalPod> {
     if meta.network_mode != NetworkMode::Bridge {
         return None;
@@ -147,6 +148,10 @@ pub fn pod_of(meta: &ContainerMeta) -> Option<LocalPod> {
             .as_deref()
             .and_then(|n| nix::net::if_::if_nametoindex(n).ok())
             == Some(meta.host_ifindex);
+    if !running {
+        // An exited container sends nothing; its address may already be another's.
+        return None;
+    }
     let mut ports = Vec::new();
     for (k, v) in &meta.labels {
         let Some(name) = k.strip_prefix(PORT_LABEL_PREFIX) else {
@@ -179,7 +184,7 @@ pub fn pod_of(meta: &ContainerMeta) -> Option<LocalPod> {
             ports,
         },
         container_id: meta.id.clone(),
-        ifindex: if running { meta.host_ifindex } else { 0 },
+        ifindex: meta.host_ifindex,
     })
 }
 

@@ -382,7 +382,9 @@ spec:
     c.assert_denied("client", &server, 8080, "egress");
 
     // SIGKILL the agent: the pinned maps keep enforcing; the restarted agent recompiles the
-    // persisted policies to the same identities and tables and rewrites nothing.
+    // persisted policies to the same identities and tables and rewrites no table and no
+    // endpoint (prefixes are not asserted: the node's addresses are the host's, which other
+    // activity on the machine may change meanwhile).
     let mut c = c;
     c.agent.signal(libc::SIGKILL).expect("kill");
     let _ = c.agent.wait(Duration::from_secs(5));
@@ -405,8 +407,7 @@ spec:
     assert!(
         restart.contains("policies reconciled from the persisted state")
             && restart.contains("tables_written: 0")
-            && restart.contains("endpoints_written: 0")
-            && restart.contains("prefixes_written: 0"),
+            && restart.contains("endpoints_written: 0"),
         "the restart rewrote policy state:\n{restart}"
     );
     c.assert_denied("client", &server, 8080, "egress");
