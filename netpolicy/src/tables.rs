@@ -414,13 +414,25 @@ pub fn compile(input: &ClusterState<'_>, ids: &mut Identities) -> Compiled {
         .collect::<BTreeSet<_>>()
         .into_iter()
         .collect();
-    let signature = |addr: Ipv4Addr| -> Vec<BlockRef> {
-        blocks
-            .iter()
-            .filter(|b| b.contains(addr))
-            .cloned()
-            .collect()
+    // Blocks by their cidr: the blocks whose cidr holds a prefix are found among its at most
+    // 33 supernets, not by scanning every block (10,000 ipBlocks would make that quadratic).
+    let mut by_cidr: HashMap<Ipv4Net, Vec<&BlockRef>> = HashMap::new();
+    for b in &blocks {
+        by_cidr.entry(b.cidr).or_default().push(b);
+    }
+    let region_signature = |net: &Ipv4Net| -> Vec<BlockRef> {
+        let mut sig: Vec<BlockRef> = (0..=net.prefix_len())
+            .filter_map(|len| Ipv4Net::new(net.network(), len).ok().map(|n| n.trunc()))
+            .filter_map(|n| by_cidr.get(&n))
+            .flatten()
+            .filter(|b| b.matches_region(net))
+            .map(|b| (*b).clone())
+            .collect();
+        sig.sort();
+        sig.dedup();
+        sig
     };
+    let signature = |addr: Ipv4Addr| -> Vec<BlockRef> { region_signature(&Ipv4Net::from(addr)) };
 
     // Outside the cluster, the signature only changes at block boundaries: the region of a
     // boundary prefix (its addresses that no longer boundary covers) has one signature.
@@ -431,11 +443,7 @@ pub fn compile(input: &ClusterState<'_>, ids: &mut Identities) -> Compiled {
                 .flat_map(|b| std::iter::once(b.cidr).chain(b.except.iter().copied())),
         )
         .map(|net| {
-            let sig = blocks
-                .iter()
-                .filter(|b| b.matches_region(&net))
-                .cloned()
-                .collect();
+            let sig = region_signature(&net);
             (net, IdentityKey::World { blocks: sig })
         })
         .collect();
@@ -519,6 +527,8 @@ struct Tables<'a> {
     /// Pod identities with a container port of that name and protocol, and its number.
     named: HashMap<(&'a str, Protocol), Vec<(u32, u16)>>,
     node_ids: Vec<u32>,
+    /// Identities by each ipBlock their addresses fall in.
+    in_block: HashMap<&'a BlockRef, Vec<u32>>,
     /// Rules' expanded peers (None: every peer), by (policy index, direction, rule index):
     /// they are the same for every endpoint.
     peers: HashMap<(usize, Direction, usize), Peers>,
@@ -535,7 +545,11 @@ impl<'a> Tables<'a> {
         let mut ns_labels = HashMap::new();
         let mut named: HashMap<_, Vec<_>> = HashMap::new();
         let mut node_ids = Vec::new();
+        let mut in_block: HashMap<&BlockRef, Vec<u32>> = HashMap::new();
         for (&id, key) in identities {
+            for b in key.blocks() {
+                in_block.entry(b).or_default().push(id);
+            }
             match key {
                 IdentityKey::Pod {
                     namespace, ports, ..
@@ -560,6 +574,7 @@ impl<'a> Tables<'a> {
             ns_labels,
             named,
             node_ids,
+            in_block,
             peers: HashMap::new(),
         }
     }
@@ -712,11 +727,7 @@ impl<'a> Tables<'a> {
                 let Some(block) = BlockRef::new(cidr, except) else {
                     return Vec::new();
                 };
-                self.identities
-                    .iter()
-                    .filter(|(_, k)| k.blocks().binary_search(&block).is_ok())
-                    .map(|(id, _)| *id)
-                    .collect()
+                self.in_block.get(&block).cloned().unwrap_or_default()
             }
         }
     }
