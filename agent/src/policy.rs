@@ -65,6 +65,9 @@ struct Persisted {
     identities: Identities,
     /// `namespace/name#rule` (and the node marker) → rule id in kernel tables.
     rule_ids: BTreeMap<String, u32>,
+    /// The next rule id to hand out (ids are never reused).
+    #[serde(default)]
+    next_rule_id: u32,
 }
 
 const FORMAT: u32 = 1;
@@ -112,6 +115,8 @@ pub struct PolicyStore {
     /// What was last written to `path` (a reconcile that allots identities saves them at once,
     /// so a restarted agent numbers everything the same way and rewrites nothing).
     saved: Vec<u8>,
+    /// Rule ids the reconcile in progress has put in tables.
+    used_rules: std::collections::HashSet<u32>,
 }
 
 /// A pod on this node, from the engine's records.
@@ -236,6 +241,7 @@ impl PolicyStore {
             rules_by_id: BTreeMap::new(),
             events,
             saved: Vec::new(),
+            used_rules: Default::default(),
         };
         store.reparse()?;
         store.refresh_node();
@@ -298,16 +304,23 @@ impl PolicyStore {
     fn rule_id(&mut self, rule: &RuleRef) -> u32 {
         let key = format!("{}#{}", rule.policy, rule.rule);
         if let Some(id) = self.state.rule_ids.get(&key) {
+            self.used_rules.insert(*id);
             return *id;
         }
-        let id = self.state.rule_ids.values().max().map_or(1, |m| m + 1);
+        if self.state.next_rule_id == 0 {
+            self.state.next_rule_id = self.state.rule_ids.values().max().map_or(1, |m| m + 1);
+        }
+        let id = self.state.next_rule_id;
+        self.state.next_rule_id += 1;
         self.state.rule_ids.insert(key, id);
+        self.used_rules.insert(id);
         id
     }
 
     /// Compiles the desired state and writes the difference into the maps.
     pub fn reconcile(&mut self) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
         let started = Instant::now();
+        self.used_rules.clear();
         let pods = self.local_pods();
         let all: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
         let endpoint_keys: Vec<String> = pods
@@ -382,6 +395,9 @@ impl PolicyStore {
         // The maps no longer refer to identities nothing has: forget them (their numbers are
         // never handed out again).
         self.state.identities.retain(&compiled.live_keys());
+        // Likewise the ids of rules no table holds any more (deleted or changed policies).
+        let used = std::mem::take(&mut self.used_rules);
+        self.state.rule_ids.retain(|_, id| used.contains(id));
         self.metrics
             .reconcile_seconds
             .observe(compile_seconds + reconcile_seconds);

@@ -5,7 +5,10 @@
 //!   vs crun vs runc (Debian's packages).
 //! - `services`: kube-proxy's job (a pod connecting to a ClusterIP, and programming the
 //!   services) at 1 to 10,000 services, berth vs kube-proxy's iptables and nftables layouts.
+//! - `policy`: NetworkPolicy enforcement (new connections, established flows, applying a change)
+//!   at 10 to 10,000 rules, berth vs the same rules as iptables chains, against no policy.
 
+mod policy;
 mod runtime;
 mod services;
 
@@ -25,6 +28,8 @@ enum Bench {
     Runtime(runtime::Args),
     /// Service load balancing: berth vs kube-proxy's iptables and nftables layouts.
     Services(services::Args),
+    /// NetworkPolicy enforcement: berth vs the same rules as iptables chains.
+    Policy(policy::Args),
     /// The load generator `services` runs in the client pod (internal).
     #[command(hide = true)]
     ServicesLoad(services::WorkerArgs),
@@ -35,6 +40,7 @@ fn main() -> Result<()> {
         Bench::Runtime(args) => runtime::run(&args),
         Bench::Services(args) => services::run(&args),
         Bench::ServicesLoad(args) => services::worker(&args),
+        Bench::Policy(args) => policy::run(&args),
     }
 }
 

@@ -81,6 +81,7 @@ fn main() -> Result<()> {
             let rounds = rounds.to_string();
             let mut args: Vec<&str> = match name.as_str() {
                 "services" => vec!["services", "--berth", "target/release/berth"],
+                "policy" => vec!["policy", "--berth", "target/release/berth"],
                 _ => vec![
                     &name,
                     "--berth-runc",

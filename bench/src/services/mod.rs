@@ -10,12 +10,12 @@
 //! pod. Everything happens inside network namespaces the run creates (`bb-<pid>-*`) and removes;
 //! the host's namespace gets no rules and no interfaces, and no packet leaves the machine.
 
-mod berth;
-mod child;
+pub(crate) mod berth;
+pub(crate) mod child;
 mod load;
 mod model;
-mod report;
-mod topo;
+pub(crate) mod report;
+pub(crate) mod topo;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -738,7 +738,7 @@ impl Bench<'_> {
 
 /// Other work on the machine (a build on the same cores) shows up as noise in every mode; say
 /// so rather than let it pass for a result.
-fn warn_if_busy(when: &str) {
+pub(crate) fn warn_if_busy(when: &str) {
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let one_minute: f64 = load
         .split_whitespace()
@@ -755,7 +755,7 @@ fn warn_if_busy(when: &str) {
     }
 }
 
-fn which(tool: &str) -> Option<PathBuf> {
+pub(crate) fn which(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -765,7 +765,7 @@ fn which(tool: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-fn version_of(program: &str, args: &[&str]) -> serde_json::Value {
+pub(crate) fn version_of(program: &str, args: &[&str]) -> serde_json::Value {
     Command::new(program)
         .args(args)
         .output()

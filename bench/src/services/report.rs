@@ -10,7 +10,7 @@ use super::{Args, Cell, Mode, Sample};
 use crate::percentile;
 
 /// A duration in seconds as the table shows it: milliseconds below one second.
-pub(super) fn fmt_secs(s: Option<f64>) -> String {
+pub(crate) fn fmt_secs(s: Option<f64>) -> String {
     match s {
         None => "-".to_owned(),
         Some(s) if s < 1.0 => format!("{:.1} ms", s * 1000.0),
@@ -18,7 +18,7 @@ pub(super) fn fmt_secs(s: Option<f64>) -> String {
     }
 }
 
-fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
+pub(crate) fn median(values: impl IntoIterator<Item = f64>) -> Option<f64> {
     let mut v: Vec<f64> = values.into_iter().filter(|x| x.is_finite()).collect();
     if v.is_empty() {
         return None;
