@@ -6,7 +6,9 @@
 //! UTC) and `node`, then the fields of its type:
 //! - `policy_verdict`: `verdict` (allowed, denied, audit), `direction` (ingress, egress: the
 //!   endpoint's side), `proto`, `src`/`dst` (`ip`, `port`), `endpoint` (namespace/pod),
-//!   `peer_identity`, `policy` and `rule` (the allowing rule, when one did), and
+//!   `peer_identity`, `policy` and `rule` (the allowing rule, when one did), `selected_by`
+//!   (the policies selecting the endpoint in that direction: for a denial, the deciding ones,
+//!   none of whose rules allowed the flow; empty when no policy selects it), and
 //!   `suppressed_before` (verdicts the per-CPU rate limit dropped on that CPU since the previous
 //!   record: counted, never silent).
 //! - `gap`: `lost` events the kernel could not put on a full ring, `reason`.
@@ -53,6 +55,9 @@ pub struct Attribution {
     pub endpoints: HashMap<u32, String>,
     /// Rule id → `namespace/policy#rule`.
     pub rules: HashMap<u32, String>,
+    /// (ifindex, `DIR_*`) → the policies selecting that endpoint in that direction: what a
+    /// denial is "decided" by (none of their rules allowed it).
+    pub selecting: HashMap<(u32, u8), Vec<String>>,
 }
 
 pub struct EventHub {
@@ -229,11 +234,15 @@ fn policy_verdict(hub: &EventHub, ev: &PolicyVerdictEvent, offset_ns: u64) {
             .with_label_values(&["policy_verdict"])
             .inc_by(u64::from(ev.header.suppressed));
     }
-    let (endpoint, rule) = {
+    let (endpoint, rule, selected_by) = {
         let a = hub.attribution.read().unwrap_or_else(|p| p.into_inner());
         (
             a.endpoints.get(&ev.ifindex).cloned(),
             a.rules.get(&ev.rule_id).cloned(),
+            a.selecting
+                .get(&(ev.ifindex, ev.direction))
+                .cloned()
+                .unwrap_or_default(),
         )
     };
     let (policy, rule_index) = match rule.as_deref().and_then(|r| r.rsplit_once('#')) {
@@ -266,6 +275,7 @@ fn policy_verdict(hub: &EventHub, ev: &PolicyVerdictEvent, offset_ns: u64) {
             "peer_identity": ev.peer_identity,
             "policy": policy,
             "rule": rule_index,
+            "selected_by": selected_by,
             "suppressed_before": ev.header.suppressed,
         }),
     );

@@ -690,6 +690,28 @@ impl PolicyStore {
             .iter()
             .map(|(id, r)| (*id, r.clone()))
             .collect();
+        a.selecting.clear();
+        for lp in self.pods.iter().filter(|p| p.ifindex != 0) {
+            for (dir, ingress) in [
+                (berth_common::policy::DIR_INGRESS, true),
+                (berth_common::policy::DIR_EGRESS, false),
+            ] {
+                let selecting: Vec<String> = self
+                    .policies
+                    .iter()
+                    .filter(|p| {
+                        let rules = if ingress { &p.ingress } else { &p.egress };
+                        rules.is_some()
+                            && p.namespace == lp.pod.namespace
+                            && p.pod_selector.matches(&lp.pod.labels)
+                    })
+                    .map(Policy::key)
+                    .collect();
+                if !selecting.is_empty() {
+                    a.selecting.insert((lp.ifindex, dir), selecting);
+                }
+            }
+        }
     }
 
     pub fn gc_conntrack(&mut self, now_ns: u64) -> usize {

@@ -132,7 +132,8 @@ impl Cluster {
     }
 
     /// Asserts `from` cannot reach `to_ip:port`, that the kernel counted the denial in
-    /// `direction`, and that a denied event for the flow was streamed.
+    /// `direction`, and that a denied event for the flow was streamed, naming the policies
+    /// that decided it.
     fn assert_denied(&self, from: &str, to_ip: &str, port: u16, direction: &str) {
         let before = self.denied(direction);
         assert!(
@@ -156,6 +157,7 @@ impl Cluster {
         assert!(
             events.iter().any(|e| e["verdict"] == "denied"
                 && e["direction"] == direction
+                && e["selected_by"].as_array().is_some_and(|p| !p.is_empty())
                 && e["dst"]["ip"] == to_ip
                 && e["dst"]["port"] == port),
             "no denied event for {from} -> {to_ip}:{port}: {events:#?}"

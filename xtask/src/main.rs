@@ -33,7 +33,8 @@ enum Command {
         filter: Option<String>,
     },
     /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc;
-    /// `services` = service load balancing vs kube-proxy's iptables and nftables layouts.
+    /// `services` = service load balancing vs kube-proxy's iptables and nftables layouts;
+    /// `policy` = NetworkPolicy enforcement vs iptables policy chains.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "runtime")]
