@@ -57,13 +57,19 @@ pub async fn get_json<T: DeserializeOwned>(socket: &Path, uri: &str) -> Result<T
     })
 }
 
-/// One request on the agent's socket; the body of a successful answer.
-pub async fn request(
+/// Connects to the agent's socket and sends one request; the response, its body unread.
+async fn send(
     socket: &Path,
     method: &str,
     uri: &str,
     body: Option<Vec<u8>>,
-) -> Result<Bytes, ClientError> {
+) -> Result<
+    (
+        hyper::Response<hyper::body::Incoming>,
+        tokio::task::JoinHandle<()>,
+    ),
+    ClientError,
+> {
     let http = |detail: String| ClientError::Http {
         path: socket.to_owned(),
         detail,
@@ -77,7 +83,9 @@ pub async fn request(
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| http(e.to_string()))?;
-    let connection = tokio::spawn(connection);
+    let connection = tokio::spawn(async move {
+        let _ = connection.await;
+    });
     let request = Request::builder()
         .method(method)
         .uri(uri)
@@ -89,12 +97,26 @@ pub async fn request(
         .send_request(request)
         .await
         .map_err(|e| http(e.to_string()))?;
+    Ok((response, connection))
+}
+
+/// One request on the agent's socket; the body of a successful answer.
+pub async fn request(
+    socket: &Path,
+    method: &str,
+    uri: &str,
+    body: Option<Vec<u8>>,
+) -> Result<Bytes, ClientError> {
+    let (response, connection) = send(socket, method, uri, body).await?;
     let status = response.status();
     let body = response
         .into_body()
         .collect()
         .await
-        .map_err(|e| http(e.to_string()))?
+        .map_err(|e| ClientError::Http {
+            path: socket.to_owned(),
+            detail: e.to_string(),
+        })?
         .to_bytes();
     connection.abort();
     if !status.is_success() {
@@ -118,26 +140,7 @@ pub async fn stream(
         path: socket.to_owned(),
         detail,
     };
-    let stream = UnixStream::connect(socket)
-        .await
-        .map_err(|source| ClientError::NotRunning {
-            path: socket.to_owned(),
-            source,
-        })?;
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| http(e.to_string()))?;
-    let connection = tokio::spawn(connection);
-    let request = Request::builder()
-        .method("GET")
-        .uri(uri)
-        .header(hyper::header::HOST, "berth")
-        .body(Full::new(Bytes::new()))
-        .map_err(|e| http(e.to_string()))?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| http(e.to_string()))?;
+    let (response, connection) = send(socket, "GET", uri, None).await?;
     let status = response.status();
     let mut body = response.into_body();
     if !status.is_success() {

@@ -196,23 +196,38 @@ impl LbMaps {
 
     /// Deletes conntrack entries idle for longer than their timeout. Returns (kept, removed).
     pub fn gc_conntrack(&mut self, now_ns: u64, timeouts: &CtTimeouts) -> (usize, usize) {
-        let entries: Vec<(CtKey, CtValue)> = self.conntrack.iter().filter_map(Result::ok).collect();
-        let mut removed = 0;
-        for (key, value) in &entries {
-            let limit = if value.flags & CT_F_CLOSING != 0 {
-                timeouts.closing
-            } else if key.proto == PROTO_TCP {
-                timeouts.tcp
-            } else {
-                timeouts.udp
-            };
-            if now_ns.saturating_sub(value.last_seen_ns) > limit.as_nanos() as u64 {
-                let _ = self.conntrack.remove(key);
-                removed += 1;
-            }
-        }
-        (entries.len() - removed, removed)
+        gc_idle(&mut self.conntrack, now_ns, timeouts, |v| {
+            (v.last_seen_ns, v.flags & CT_F_CLOSING != 0)
+        })
     }
+}
+
+/// Removes the entries of a conntrack-like map (5-tuple keys) idle for longer than their
+/// timeout; `seen` gives an entry's last-seen time and whether its flow is closing. Returns
+/// (kept, removed).
+pub(super) fn gc_idle<V: aya::Pod>(
+    map: &mut HashMap<MapData, CtKey, V>,
+    now_ns: u64,
+    timeouts: &CtTimeouts,
+    seen: impl Fn(&V) -> (u64, bool),
+) -> (usize, usize) {
+    let entries: Vec<(CtKey, V)> = map.iter().filter_map(Result::ok).collect();
+    let mut removed = 0;
+    for (key, value) in &entries {
+        let (last_seen_ns, closing) = seen(value);
+        let limit = if closing {
+            timeouts.closing
+        } else if key.proto == PROTO_TCP {
+            timeouts.tcp
+        } else {
+            timeouts.udp
+        };
+        if now_ns.saturating_sub(last_seen_ns) > limit.as_nanos() as u64 {
+            let _ = map.remove(key);
+            removed += 1;
+        }
+    }
+    (entries.len() - removed, removed)
 }
 
 /// Idle timeouts of translated flows (conntrack-like defaults).

@@ -16,7 +16,7 @@ use aya::maps::{
     lpm_trie::{Key, LpmTrie},
 };
 use berth_common::{
-    lb::{CtKey, PROTO_TCP},
+    lb::CtKey,
     maps,
     policy::{
         EP_F_AUDIT, PCT_F_CLOSING, PolicyCtValue, PolicyEndpoint, PolicyRuleKey, PolicyRuleValue,
@@ -349,23 +349,9 @@ impl PolicyWriter {
     /// Removes policy conntrack entries idle for longer than their timeout; returns (kept,
     /// removed).
     pub fn gc_conntrack(&mut self, now_ns: u64, timeouts: &CtTimeouts) -> (usize, usize) {
-        let entries: Vec<(CtKey, PolicyCtValue)> =
-            self.conntrack.iter().filter_map(Result::ok).collect();
-        let mut removed = 0;
-        for (key, value) in &entries {
-            let limit = if value.flags & PCT_F_CLOSING != 0 {
-                timeouts.closing
-            } else if key.proto == PROTO_TCP {
-                timeouts.tcp
-            } else {
-                timeouts.udp
-            };
-            if now_ns.saturating_sub(value.last_seen_ns) > limit.as_nanos() as u64 {
-                let _ = self.conntrack.remove(key);
-                removed += 1;
-            }
-        }
-        (entries.len() - removed, removed)
+        super::lb::gc_idle(&mut self.conntrack, now_ns, timeouts, |v| {
+            (v.last_seen_ns, v.flags & PCT_F_CLOSING != 0)
+        })
     }
 }
 
