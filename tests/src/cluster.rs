@@ -114,7 +114,15 @@ pub fn in_netns<T: Send + 'static>(
     ns: &str,
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
-    let path = format!("/run/netns/{ns}");
+    in_netns_path(&format!("/run/netns/{ns}"), f)
+}
+
+/// [`in_netns`] for a namespace given by path (`/proc/PID/ns/net` of a container).
+pub fn in_netns_path<T: Send + 'static>(
+    path: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    let path = path.to_owned();
     std::thread::spawn(move || -> anyhow::Result<T> {
         let file = std::fs::File::open(&path).with_context(|| format!("opening {path}"))?;
         // SAFETY: setns on a valid namespace fd; affects only this thread.

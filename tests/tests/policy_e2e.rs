@@ -6,10 +6,18 @@
 //!
 //! Traffic stays on the test's bridge: only the containers' addresses are connected to.
 
-use std::time::Duration;
+use std::{
+    net::UdpSocket,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use berth_tests::{
     agent::{AgentPaths, AgentProcess, sample},
+    cluster::in_netns_path,
     network::{NetEnv, text},
     privileged::require_root,
 };
@@ -162,6 +170,57 @@ impl Cluster {
                 && e["dst"]["port"] == port),
             "no denied event for {from} -> {to_ip}:{port}: {events:#?}"
         );
+    }
+
+    /// The network namespace of a running container.
+    fn netns(&self, container: &str) -> String {
+        let doc = self.env.inspect(container).expect("inspect");
+        format!(
+            "/proc/{}/ns/net",
+            doc["State"]["Pid"].as_u64().expect("pid")
+        )
+    }
+
+    /// A UDP socket bound to `port` in `container`'s namespace, answering every datagram with
+    /// "ok" until the returned flag is set (busybox's nc has no UDP here, so the test serves
+    /// from its own thread).
+    fn udp_server(
+        &self,
+        container: &str,
+        port: u16,
+    ) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+        let sock = in_netns_path(&self.netns(container), move || {
+            UdpSocket::bind(("0.0.0.0", port))
+        })
+        .expect("netns")
+        .expect("bind");
+        sock.set_read_timeout(Some(Duration::from_millis(100)))
+            .expect("timeout");
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((_, from)) = sock.recv_from(&mut buf) {
+                    let _ = sock.send_to(b"ok", from);
+                }
+            }
+        });
+        (stop, thread)
+    }
+
+    /// Whether a datagram from `from` to `to_ip:port` gets its answer within a second.
+    fn udp_answers(&self, from: &str, to_ip: &str, port: u16) -> bool {
+        let to = format!("{to_ip}:{port}");
+        in_netns_path(&self.netns(from), move || -> std::io::Result<bool> {
+            let sock = UdpSocket::bind("0.0.0.0:0")?;
+            sock.set_read_timeout(Some(Duration::from_secs(1)))?;
+            sock.send_to(b"query", &to)?;
+            let mut buf = [0u8; 8];
+            Ok(matches!(sock.recv_from(&mut buf), Ok((2, _))) && &buf[..2] == b"ok")
+        })
+        .expect("netns")
+        .unwrap_or(false)
     }
 
     /// The connection fails (with no agent to ask for counters or events).
@@ -351,6 +410,23 @@ spec:
         "DNS is allowed (its replies too)"
     );
     c.assert_denied("client", &server, 8080, "egress");
+    let (stop_dns, dns) = c.udp_server("server", 53);
+    let (stop_other, other) = c.udp_server("server", 5353);
+    assert!(
+        c.udp_answers("client", &server, 53),
+        "DNS over UDP and its answer pass"
+    );
+    let before = c.denied("egress");
+    assert!(
+        !c.udp_answers("client", &server, 5353),
+        "other UDP is denied"
+    );
+    assert!(c.denied("egress") > before, "the UDP denial was counted");
+    // The server's sockets keep its namespace alive: close them before the pods go.
+    for (stop, thread) in [(stop_dns, dns), (stop_other, other)] {
+        stop.store(true, Ordering::Relaxed);
+        let _ = thread.join();
+    }
     // Ingress to the client is not governed; its replies to the server's connections pass.
     assert!(c.connects("server", &client, 8080));
 
