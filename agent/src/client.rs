@@ -34,6 +34,18 @@ pub enum ClientError {
     },
 }
 
+/// Percent-encodes `s` for use as a query-string value.
+pub fn query_value(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// `POST uri` with a JSON body on the agent's socket; the answer is ignored unless it is an
 /// error status.
 pub async fn post_json(

@@ -85,7 +85,8 @@ impl EventHub {
             map.insert("schema".into(), SCHEMA.into());
             map.insert("type".into(), kind.into());
             map.insert("node".into(), self.node.clone().into());
-            map.entry("time").or_insert_with(|| now_rfc3339().into());
+            map.entry("time")
+                .or_insert_with(|| berth_runtime::state::now_rfc3339().into());
         }
         self.metrics.events.with_label_values(&[kind]).inc();
         let event = Arc::new(fields);
@@ -111,10 +112,6 @@ impl EventHub {
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
         self.tx.subscribe()
     }
-}
-
-fn now_rfc3339() -> String {
-    berth_runtime::state::now_rfc3339()
 }
 
 /// Which events a reader wants.
@@ -254,7 +251,7 @@ fn policy_verdict(hub: &EventHub, ev: &PolicyVerdictEvent, offset_ns: u64) {
     hub.publish(
         "policy_verdict",
         json!({
-            "time": rfc3339_ns(time_ns),
+            "time": berth_runtime::state::rfc3339_micros(time_ns),
             "verdict": match ev.verdict {
                 VERDICT_ALLOWED => "allowed",
                 VERDICT_DENIED => "denied",
@@ -294,30 +291,6 @@ fn wall_ns() -> u64 {
         .unwrap_or(0)
 }
 
-/// Nanoseconds since the epoch as RFC 3339 UTC with microseconds.
-fn rfc3339_ns(ns: u64) -> String {
-    let secs = (ns / 1_000_000_000) as i64;
-    let micros = (ns % 1_000_000_000) / 1_000;
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{micros:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
 #[derive(Args, Debug)]
 pub struct EventsArgs {
     /// The agent's API socket.
@@ -340,10 +313,10 @@ pub fn run(args: EventsArgs) -> anyhow::Result<()> {
         .build()?;
     let mut uri = format!("/v1/events?follow={}", args.follow);
     if let Some(c) = &args.container {
-        uri.push_str(&format!("&container={}", crate::policy_cli::query(c)));
+        uri.push_str(&format!("&container={}", client::query_value(c)));
     }
     if let Some(t) = &args.kind {
-        uri.push_str(&format!("&type={}", crate::policy_cli::query(t)));
+        uri.push_str(&format!("&type={}", client::query_value(t)));
     }
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
@@ -356,19 +329,6 @@ pub fn run(args: EventsArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rfc3339_of_known_instants() {
-        assert_eq!(rfc3339_ns(0), "1970-01-01T00:00:00.000000Z");
-        assert_eq!(
-            rfc3339_ns(1_795_000_000_123_456_789),
-            "2026-11-18T11:06:40.123456Z"
-        );
-        assert_eq!(
-            rfc3339_ns(951_782_400_000_000_000),
-            "2000-02-29T00:00:00.000000Z"
-        );
-    }
 
     #[test]
     fn filters_by_type_and_pod() {

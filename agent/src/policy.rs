@@ -97,10 +97,9 @@ pub struct PolicyStore {
     path: PathBuf,
     engine_root: PathBuf,
     state: Persisted,
-    policies: Vec<Policy>,
-    namespaces: Vec<Namespace>,
-    /// `Kind ns/name` of each parsed object, in `policies`/`namespaces` order.
-    policy_keys: Vec<String>,
+    /// `state.objects` parsed, by the same keys (parsed once, when they arrive).
+    policies: BTreeMap<String, Policy>,
+    namespaces: BTreeMap<String, Namespace>,
     global_audit: bool,
     writer: PolicyWriter,
     metrics: PolicyMetrics,
@@ -108,8 +107,6 @@ pub struct PolicyStore {
     /// The last compiled state and the pods it was compiled from (explain and events use them).
     compiled: Option<Compiled>,
     pods: Vec<LocalPod>,
-    /// rule id → (policy, rule) for events.
-    rules_by_id: BTreeMap<u32, String>,
     /// Told who endpoints and rule ids are after every reconcile.
     events: Option<Arc<crate::events::EventHub>>,
     /// What was last written to `path` (a reconcile that allots identities saves them at once,
@@ -120,7 +117,7 @@ pub struct PolicyStore {
 }
 
 /// A pod on this node, from the engine's records.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LocalPod {
     pub pod: Pod,
     pub container_id: String,
@@ -229,21 +226,31 @@ impl PolicyStore {
             path,
             engine_root: engine_root.to_owned(),
             state,
-            policies: Vec::new(),
-            namespaces: Vec::new(),
-            policy_keys: Vec::new(),
+            policies: BTreeMap::new(),
+            namespaces: BTreeMap::new(),
             global_audit,
             writer: PolicyWriter::open(layout)?,
             metrics,
             node_addrs: Vec::new(),
             compiled: None,
             pods: Vec::new(),
-            rules_by_id: BTreeMap::new(),
             events,
             saved: Vec::new(),
             used_rules: Default::default(),
         };
-        store.reparse()?;
+        // The saved objects, parsed once (they were valid when applied; a file edited since
+        // that no longer parses is an error, as a corrupt file is).
+        let docs: Vec<&serde_json::Value> = store.state.objects.values().collect();
+        let bytes = serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "v1", "kind": "List", "items": docs,
+        }))
+        .map_err(|e| PolicyStoreError::State {
+            op: "re-reading the saved policies",
+            path: store.path.clone(),
+            detail: e.to_string(),
+        })?;
+        let objects = berth_netpolicy::parse_objects(&bytes, &store.path.display().to_string())?;
+        store.insert_parsed(objects);
         store.refresh_node();
         let (changes, _, _) = store.reconcile()?;
         tracing::info!(
@@ -254,34 +261,22 @@ impl PolicyStore {
         Ok(store)
     }
 
-    /// Rebuilds the parsed objects from the persisted JSON.
-    fn reparse(&mut self) -> Result<(), PolicyStoreError> {
-        let docs: Vec<&serde_json::Value> = self.state.objects.values().collect();
-        let bytes = serde_json::to_vec(&serde_json::json!({
-            "apiVersion": "v1", "kind": "List", "items": docs,
-        }))
-        .map_err(|e| PolicyStoreError::Lookup(e.to_string()))?;
-        let objects = berth_netpolicy::parse_objects(&bytes, &self.path.display().to_string())?;
-        self.policy_keys = objects
-            .policies
-            .iter()
-            .map(|p| format!("NetworkPolicy {}", p.key()))
-            .collect();
-        self.policies = objects.policies;
-        self.namespaces = objects.namespaces;
-        Ok(())
+    /// Takes in parsed objects, replacing those of the same kind and name.
+    fn insert_parsed(&mut self, objects: berth_netpolicy::Objects) {
+        for p in objects.policies {
+            self.policies.insert(policy_key(&p.namespace, &p.name), p);
+        }
+        for n in objects.namespaces {
+            self.namespaces.insert(namespace_key(&n.name), n);
+        }
     }
 
     /// This node's addresses (ingress from them is always allowed).
     pub fn refresh_node(&mut self) {
-        let mut addrs = BTreeSet::new();
-        if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
-            for ifa in ifaddrs {
-                if let Some(a) = ifa.address.as_ref().and_then(|a| a.as_sockaddr_in()) {
-                    addrs.insert(a.ip());
-                }
-            }
-        }
+        let addrs: BTreeSet<Ipv4Addr> = crate::dataplane::node_addresses()
+            .into_iter()
+            .map(|a| a.addr)
+            .collect();
         self.node_addrs = addrs.into_iter().collect();
     }
 
@@ -317,22 +312,28 @@ impl PolicyStore {
         id
     }
 
-    /// Compiles the desired state and writes the difference into the maps.
-    pub fn reconcile(&mut self) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
+    /// Compiles the desired state for the node's current pods and writes the difference into
+    /// the maps.
+    fn reconcile(&mut self) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
+        let pods = self.local_pods();
+        self.reconcile_pods(pods)
+    }
+
+    fn reconcile_pods(
+        &mut self,
+        pods: Vec<LocalPod>,
+    ) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
         let started = Instant::now();
         self.used_rules.clear();
-        let pods = self.local_pods();
         let all: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
-        let endpoint_keys: Vec<String> = pods
-            .iter()
-            .filter(|p| p.ifindex != 0)
-            .map(|p| p.pod.key())
-            .collect();
+        let endpoint_keys: Vec<String> = pods.iter().map(|p| p.pod.key()).collect();
+        let policies: Vec<Policy> = self.policies.values().cloned().collect();
+        let namespaces: Vec<Namespace> = self.namespaces.values().cloned().collect();
         let compiled = berth_netpolicy::compile_tables(
             &ClusterState {
-                policies: &self.policies,
+                policies: &policies,
                 pods: &all,
-                namespaces: &self.namespaces,
+                namespaces: &namespaces,
                 node_addrs: &self.node_addrs,
                 endpoints: &endpoint_keys,
             },
@@ -341,7 +342,7 @@ impl PolicyStore {
         // Kernel tables, shared by content.
         let mut interned: BTreeMap<KernelTable, Arc<KernelTable>> = BTreeMap::new();
         let mut endpoints = BTreeMap::new();
-        for lp in pods.iter().filter(|p| p.ifindex != 0) {
+        for lp in &pods {
             let Some(tables) = compiled.endpoints.get(&lp.pod.key()) else {
                 continue;
             };
@@ -374,8 +375,7 @@ impl PolicyStore {
             let audit = self.global_audit
                 || self
                     .namespaces
-                    .iter()
-                    .find(|n| n.name == lp.pod.namespace)
+                    .get(&namespace_key(&lp.pod.namespace))
                     .and_then(|n| n.labels.get(AUDIT_LABEL))
                     .is_some_and(|v| v == "true");
             endpoints.insert(
@@ -409,12 +409,6 @@ impl PolicyStore {
         let (tables, rules) = self.writer.sizes();
         self.metrics.tables.set(tables as i64);
         self.metrics.rules.set(rules as i64);
-        self.rules_by_id = self
-            .state
-            .rule_ids
-            .iter()
-            .map(|(k, v)| (*v, k.clone()))
-            .collect();
         self.compiled = Some(compiled);
         self.pods = pods;
         if let Some(hub) = &self.events {
@@ -453,20 +447,19 @@ impl PolicyStore {
     /// Applies manifests: every object is validated first; then they replace the objects of the
     /// same kind and name, the maps are reconciled, and the state is saved.
     pub fn apply(&mut self, bytes: &[u8], origin: &str) -> Result<PolicyOutcome, PolicyStoreError> {
-        let objects = berth_netpolicy::parse_objects(bytes, origin)?;
+        let mut objects = berth_netpolicy::parse_objects(bytes, origin)?;
+        let before = self.snapshot();
         let mut lines = Vec::new();
-        let before = std::mem::take(&mut self.state.objects);
-        let mut next = before.clone();
-        for (key, raw) in objects.raw {
-            let verb = match next.get(&key) {
+        for (key, raw) in std::mem::take(&mut objects.raw) {
+            let verb = match self.state.objects.get(&key) {
                 None => "created",
                 Some(old) if *old == raw => "unchanged",
                 Some(_) => "configured",
             };
             lines.push(format!("{} {verb}", display_key(&key)));
-            next.insert(key, raw);
+            self.state.objects.insert(key, raw);
         }
-        self.state.objects = next;
+        self.insert_parsed(objects);
         self.commit(before, lines)
     }
 
@@ -487,7 +480,7 @@ impl PolicyStore {
         namespace: &str,
         name: &str,
     ) -> Result<PolicyOutcome, PolicyStoreError> {
-        let key = format!("NetworkPolicy {namespace}/{name}");
+        let key = policy_key(namespace, name);
         if !self.state.objects.contains_key(&key) {
             return Err(PolicyStoreError::Lookup(format!(
                 "networkpolicy {namespace}/{name} not found"
@@ -497,9 +490,11 @@ impl PolicyStore {
     }
 
     fn delete_keys(&mut self, keys: &[String]) -> Result<PolicyOutcome, PolicyStoreError> {
-        let before = self.state.objects.clone();
+        let before = self.snapshot();
         let mut lines = Vec::new();
         for key in keys {
+            self.policies.remove(key);
+            self.namespaces.remove(key);
             let verb = if self.state.objects.remove(key).is_some() {
                 "deleted"
             } else {
@@ -510,27 +505,32 @@ impl PolicyStore {
         self.commit(before, lines)
     }
 
-    /// Re-parses the new object set and reconciles; on failure the previous objects are put
-    /// back (and reconciled again) so a failed change changes nothing.
+    /// The objects as they are, to put back if a change fails.
+    fn snapshot(&self) -> Snapshot {
+        (
+            self.state.objects.clone(),
+            self.policies.clone(),
+            self.namespaces.clone(),
+        )
+    }
+
+    /// Reconciles (which saves) the changed object set; on failure the previous objects are
+    /// put back (and reconciled again) so a failed change changes nothing.
     fn commit(
         &mut self,
-        before: BTreeMap<String, serde_json::Value>,
+        before: Snapshot,
         lines: Vec<String>,
     ) -> Result<PolicyOutcome, PolicyStoreError> {
-        let result = self.reparse().and_then(|()| self.reconcile());
-        match result {
-            Ok((dataplane, compile_seconds, reconcile_seconds)) => {
-                self.save()?;
-                Ok(PolicyOutcome {
-                    text: lines.join("\n"),
-                    dataplane,
-                    compile_seconds,
-                    reconcile_seconds,
-                })
-            }
+        match self.reconcile() {
+            Ok((dataplane, compile_seconds, reconcile_seconds)) => Ok(PolicyOutcome {
+                text: lines.join("\n"),
+                dataplane,
+                compile_seconds,
+                reconcile_seconds,
+            }),
             Err(e) => {
-                self.state.objects = before;
-                let _ = self.reparse().and_then(|()| self.reconcile());
+                (self.state.objects, self.policies, self.namespaces) = before;
+                let _ = self.reconcile();
                 Err(e)
             }
         }
@@ -538,10 +538,16 @@ impl PolicyStore {
 
     /// Re-reads the node's addresses and the engine's containers and reconciles (a container
     /// started or stopped).
+    /// Nothing is compiled when neither changed (the periodic call usually finds nothing).
     pub fn containers_changed(&mut self) -> Result<PolicyChanges, PolicyStoreError> {
         // The first container on a bridge brings the bridge's address (a node address) up.
+        let node_before = std::mem::take(&mut self.node_addrs);
         self.refresh_node();
-        self.reconcile().map(|(c, _, _)| c)
+        let pods = self.local_pods();
+        if self.compiled.is_some() && pods == self.pods && self.node_addrs == node_before {
+            return Ok(PolicyChanges::default());
+        }
+        self.reconcile_pods(pods).map(|(c, _, _)| c)
     }
 
     /// Every policy and namespace, and the endpoints with their identities.
@@ -549,14 +555,12 @@ impl PolicyStore {
         let compiled = self.compiled.as_ref();
         let policies: Vec<serde_json::Value> = self
             .policies
-            .iter()
+            .values()
             .map(|p| {
                 let selected: Vec<String> = self
                     .pods
                     .iter()
-                    .filter(|lp| {
-                        lp.pod.namespace == p.namespace && p.pod_selector.matches(&lp.pod.labels)
-                    })
+                    .filter(|lp| p.selects(&lp.pod))
                     .map(|lp| lp.pod.name.clone())
                     .collect();
                 let mut types = Vec::new();
@@ -594,7 +598,7 @@ impl PolicyStore {
             .collect();
         let namespaces: Vec<serde_json::Value> = self
             .namespaces
-            .iter()
+            .values()
             .map(|n| serde_json::json!({ "name": n.name, "labels": n.labels }))
             .collect();
         serde_json::json!({
@@ -618,17 +622,12 @@ impl PolicyStore {
             PolicyStoreError::Lookup(format!("unknown protocol {proto:?}: TCP, UDP or SCTP"))
         })?;
         let pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
+        let policies: Vec<Policy> = self.policies.values().cloned().collect();
+        let namespaces: Vec<Namespace> = self.namespaces.values().cloned().collect();
         let from = self.resolve(&pods, from)?;
         let to = self.resolve(&pods, to)?;
-        let verdict = berth_netpolicy::evaluate(
-            &self.policies,
-            &pods,
-            &self.namespaces,
-            from,
-            to,
-            port,
-            proto,
-        );
+        let verdict =
+            berth_netpolicy::evaluate(&policies, &pods, &namespaces, from, to, port, proto);
         Ok(serde_json::json!({
             "allowed": verdict.allowed,
             "explanation": verdict.reason.to_string(),
@@ -666,44 +665,28 @@ impl PolicyStore {
         }
     }
 
-    /// Attribution of a verdict event: the endpoint's pod and the rule's policy.
-    pub fn describe(&self, ifindex: u32, rule_id: u32) -> (Option<String>, Option<String>) {
-        let pod = self
-            .pods
-            .iter()
-            .find(|p| p.ifindex == ifindex && ifindex != 0)
-            .map(|p| p.pod.key());
-        (pod, self.rules_by_id.get(&rule_id).cloned())
-    }
-
     /// Hands the event decoder who each endpoint and rule id is.
     fn publish_attribution(&self, hub: &crate::events::EventHub) {
         let mut a = hub.attribution.write().unwrap_or_else(|p| p.into_inner());
-        a.endpoints = self
-            .pods
-            .iter()
-            .filter(|p| p.ifindex != 0)
-            .map(|p| (p.ifindex, p.pod.key()))
-            .collect();
+        a.endpoints = self.pods.iter().map(|p| (p.ifindex, p.pod.key())).collect();
         a.rules = self
-            .rules_by_id
+            .state
+            .rule_ids
             .iter()
-            .map(|(id, r)| (*id, r.clone()))
+            .map(|(r, id)| (*id, r.clone()))
             .collect();
         a.selecting.clear();
-        for lp in self.pods.iter().filter(|p| p.ifindex != 0) {
+        for lp in &self.pods {
             for (dir, ingress) in [
                 (berth_common::policy::DIR_INGRESS, true),
                 (berth_common::policy::DIR_EGRESS, false),
             ] {
                 let selecting: Vec<String> = self
                     .policies
-                    .iter()
+                    .values()
                     .filter(|p| {
                         let rules = if ingress { &p.ingress } else { &p.egress };
-                        rules.is_some()
-                            && p.namespace == lp.pod.namespace
-                            && p.pod_selector.matches(&lp.pod.labels)
+                        rules.is_some() && p.selects(&lp.pod)
                     })
                     .map(Policy::key)
                     .collect();
@@ -719,6 +702,23 @@ impl PolicyStore {
             .gc_conntrack(now_ns, &crate::dataplane::lb::CtTimeouts::default())
             .1
     }
+}
+
+/// Saved objects and their parsed forms (see [`PolicyStore::snapshot`]).
+type Snapshot = (
+    BTreeMap<String, serde_json::Value>,
+    BTreeMap<String, Policy>,
+    BTreeMap<String, Namespace>,
+);
+
+/// The key of a NetworkPolicy in the store (as `berth_netpolicy::Objects::raw` spells it).
+fn policy_key(namespace: &str, name: &str) -> String {
+    format!("NetworkPolicy {namespace}/{name}")
+}
+
+/// The key of a Namespace in the store.
+fn namespace_key(name: &str) -> String {
+    format!("Namespace {name}")
 }
 
 /// `NetworkPolicy default/web` → `networkpolicy/default/web`.

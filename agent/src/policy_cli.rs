@@ -110,9 +110,9 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
             let uri = format!(
                 "{}?from={}&to={}&port={number}&protocol={}",
                 paths::POLICIES_EXPLAIN,
-                query(&from),
-                query(&to),
-                query(proto)
+                client::query_value(&from),
+                client::query_value(&to),
+                client::query_value(proto)
             );
             let out: serde_json::Value = rt
                 .block_on(client::get_json(socket, &uri))
@@ -140,17 +140,6 @@ pub fn run(args: PolicyArgs) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-pub(crate) fn query(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 fn print_outcome(out: &serde_json::Value) {

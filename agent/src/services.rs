@@ -128,27 +128,10 @@ impl ServiceStore {
     pub fn refresh_node(&mut self) {
         let mut addrs = BTreeMap::new();
         let mut networks = self.extra_networks.clone();
-        if let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() {
-            for ifa in ifaddrs {
-                let (Some(addr), Some(mask)) = (
-                    ifa.address
-                        .as_ref()
-                        .and_then(|a| a.as_sockaddr_in())
-                        .map(|a| a.ip()),
-                    ifa.netmask
-                        .as_ref()
-                        .and_then(|a| a.as_sockaddr_in())
-                        .map(|a| a.ip()),
-                ) else {
-                    continue;
-                };
-                let ifindex =
-                    nix::net::if_::if_nametoindex(ifa.interface_name.as_str()).unwrap_or(0);
-                addrs.insert(addr, ifindex);
-                let prefix = u32::from(mask).count_ones() as u8;
-                if !addr.is_loopback() {
-                    networks.push((addr, prefix));
-                }
+        for a in crate::dataplane::node_addresses() {
+            addrs.insert(a.addr, a.ifindex);
+            if !a.addr.is_loopback() {
+                networks.push((a.addr, a.prefix_len));
             }
         }
         self.writer.maps().set_node_addrs(&addrs);

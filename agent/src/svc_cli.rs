@@ -142,22 +142,11 @@ pub(crate) async fn post(
     origin: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<serde_json::Value> {
-    let uri = format!("{path}?origin={}", urlencode(origin));
+    let uri = format!("{path}?origin={}", client::query_value(origin));
     let bytes = client::request(socket, "POST", &uri, Some(body))
         .await
         .map_err(explain)?;
     Ok(serde_json::from_slice(&bytes)?)
-}
-
-fn urlencode(s: &str) -> String {
-    s.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }
 
 /// Reads every manifest into one multi-document body, so the agent applies them as one change.

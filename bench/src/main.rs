@@ -44,6 +44,56 @@ fn main() -> Result<()> {
     }
 }
 
+/// What one measurement slot of a side-by-side benchmark gave.
+pub enum Outcome<S> {
+    Done(S, Vec<String>),
+    Timeout(String),
+    Failed(String),
+}
+
+/// One (size, mode) cell of a side-by-side benchmark's results.
+pub struct Cell<S> {
+    pub samples: Vec<S>,
+    /// Why there are no (more) samples: timeout, error, unavailable, skipped.
+    pub status: Option<String>,
+    pub notes: std::collections::BTreeSet<String>,
+}
+
+impl<S> Default for Cell<S> {
+    fn default() -> Self {
+        Self {
+            samples: Vec::new(),
+            status: None,
+            notes: Default::default(),
+        }
+    }
+}
+
+/// Appends a footnote per note (its first line; tool errors can run to pages) labelled
+/// `label`, and returns the row's marks (` [1,2]`, or empty).
+pub fn footnote_marks<'a>(
+    footnotes: &mut Vec<String>,
+    label: &str,
+    notes: impl Iterator<Item = &'a String>,
+) -> String {
+    let mut marks = Vec::new();
+    for note in notes {
+        let mut lines = note.lines();
+        let mut short = lines.next().unwrap_or("").to_owned();
+        let more = lines.count();
+        if more > 0 {
+            short.push_str(&format!(" (+{more} lines)"));
+        }
+        footnotes.push(format!("{label}: {short}"));
+        marks.push(footnotes.len().to_string());
+    }
+    if marks.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", marks.join(","))
+    }
+}
+
 /// Median and percentile of a sorted sample.
 pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {

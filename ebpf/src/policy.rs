@@ -17,7 +17,7 @@ use berth_common::{
     policy::{
         DIR_EGRESS, DIR_INGRESS, EP_F_AUDIT, EVENT_POLICY_VERDICT, IDENTITY_ANY, PCT_F_CLOSING,
         PCT_F_EGRESS_OK, PCT_F_INGRESS_OK, PCT_F_SEEN_REPLY, PROTO_ANY, PolicyCtValue,
-        PolicyRuleKey, PolicyStat, PolicyVerdictEvent, RULE_FIXED_BITS, TABLE_NONE,
+        PolicyEndpoint, PolicyRuleKey, PolicyStat, PolicyVerdictEvent, RULE_FIXED_BITS, TABLE_NONE,
         VERDICT_ALLOWED, VERDICT_AUDIT, VERDICT_DENIED,
     },
 };
@@ -34,11 +34,13 @@ use crate::{
 const REFRESH_NS: u64 = 1_000_000_000;
 const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
-/// What policy needs of a packet: its 5-tuple (ports 0 for protocols without ports, and for
-/// non-first fragments) and whether it closes a TCP connection.
+/// What policy and the service translation need of a packet: its 5-tuple (ports 0 for
+/// protocols without ports), where its L4 header starts, and whether it closes a TCP
+/// connection.
 #[derive(Clone, Copy)]
 pub struct Tuple {
     pub key: CtKey,
+    pub l4: usize,
     pub closing: bool,
 }
 
@@ -77,24 +79,31 @@ pub fn parse(ctx: &TcContext) -> Option<Tuple> {
             proto,
             _pad: [0; 3],
         },
+        l4,
         closing,
     })
 }
 
 /// The ifindex of the device the program runs on: the endpoint's host-side veth.
 #[inline(always)]
-pub fn ifindex(ctx: &TcContext) -> u32 {
+fn ifindex(ctx: &TcContext) -> u32 {
     // SAFETY: the skb pointer is the program's context; ifindex is readable.
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Decides a packet at endpoint `ifindex` in `direction` (`DIR_*`): true lets it pass.
-#[inline(never)]
-pub fn enforce(ifindex: u32, direction: u8, t: &Tuple) -> bool {
+/// The policy entry of the endpoint whose host veth is `ifindex`; None for a veth berth does
+/// not manage (its packets pass).
+#[inline(always)]
+fn endpoint(ifindex: u32) -> Option<PolicyEndpoint> {
     // SAFETY: copied out at once; the agent replaces whole elements.
-    let Some(ep) = (unsafe { POLICY_ENDPTS.get(&ifindex) }).copied() else {
-        return true; // not an endpoint berth manages
-    };
+    unsafe { POLICY_ENDPTS.get(&ifindex) }.copied()
+}
+
+/// Decides a packet at endpoint `ep` (host veth `ifindex`) in `direction` (`DIR_*`): true lets
+/// it pass.
+#[inline(never)]
+fn enforce(ifindex: u32, direction: u8, t: &Tuple, ep: &PolicyEndpoint) -> bool {
+    let ep = *ep;
     let table = if direction == DIR_INGRESS {
         ep.ingress_table
     } else {
@@ -369,6 +378,10 @@ pub fn tc_egress(ctx: &TcContext) -> bool {
     let Some(mut t) = parse(ctx) else {
         return true;
     };
+    let ifindex = ifindex(ctx);
+    let Some(ep) = endpoint(ifindex) else {
+        return true;
+    };
     // A reply to a flow `tc_pod_ingress` translated (this pod → a service frontend) arrives
     // from the frontend; policy decided the flow on the backend's address, so it is looked up
     // as the backend's reply.
@@ -387,12 +400,16 @@ pub fn tc_egress(ctx: &TcContext) -> bool {
         t.key.saddr = ct.addr;
         t.key.sport = ct.port;
     }
-    enforce(ifindex(ctx), DIR_INGRESS, &t)
+    enforce(ifindex, DIR_INGRESS, &t, &ep)
 }
 
 /// The pod's egress policy on `t` (a packet the pod sent, as the service translation leaves
 /// it: after DNAT, before reverse NAT).
 #[inline(always)]
 pub fn egress_ok(ctx: &TcContext, t: &Tuple) -> bool {
-    enforce(ifindex(ctx), DIR_EGRESS, t)
+    let ifindex = ifindex(ctx);
+    match endpoint(ifindex) {
+        Some(ep) => enforce(ifindex, DIR_EGRESS, t, &ep),
+        None => true,
+    }
 }

@@ -30,24 +30,28 @@ use berth_common::lb::{
 use crate::{
     lb::{Client, ct_create, ct_lookup, flow_hash, lookup_frontend, now_ns, select_backend},
     maps::{LB_CONFIG, count_lb},
-    net::{ETH_HDR_LEN, ETH_P_IP, IPV4_FRAG_OFFSET_MASK, IPV4_MIN_HDR_LEN},
-    policy,
+    net::ETH_HDR_LEN,
+    policy::{self, Tuple},
 };
 
 const IP_CSUM_OFF: usize = ETH_HDR_LEN + 10;
 const IP_SRC_OFF: usize = ETH_HDR_LEN + 12;
 const IP_DST_OFF: usize = ETH_HDR_LEN + 16;
-const TCP_FIN_RST: u8 = 0x01 | 0x04;
 
 #[classifier]
 pub fn tc_pod_ingress(ctx: TcContext) -> i32 {
-    match parse(&ctx) {
-        Some(flow) => handle(&ctx, &flow).unwrap_or(TC_ACT_OK as i32),
-        // Not TCP/UDP over unfragmented IPv4: no service translation, policy only.
-        None => match policy::parse(&ctx) {
-            Some(t) if !policy::egress_ok(&ctx, &t) => TC_ACT_SHOT as i32,
-            _ => TC_ACT_OK as i32,
-        },
+    // Not IPv4, or a non-first fragment: neither translated nor policed (see `policy::parse`).
+    let Some(flow) = policy::parse(&ctx) else {
+        return TC_ACT_OK as i32;
+    };
+    if flow.key.proto == PROTO_TCP || flow.key.proto == PROTO_UDP {
+        return handle(&ctx, &flow).unwrap_or(TC_ACT_OK as i32);
+    }
+    // No service translation for other protocols: policy only.
+    if policy::egress_ok(&ctx, &flow) {
+        TC_ACT_OK as i32
+    } else {
+        TC_ACT_SHOT as i32
     }
 }
 
@@ -63,85 +67,33 @@ pub fn tc_pod_egress(ctx: TcContext) -> i32 {
 /// The pod's egress policy for `flow` with its destination replaced by `daddr:dport` (the
 /// backend a service translation chose, or the original destination).
 #[inline(always)]
-fn egress_ok(ctx: &TcContext, flow: &Flow, daddr: u32, dport: u16) -> bool {
-    let mut key = flow.key;
-    key.daddr = daddr;
-    key.dport = dport;
-    policy::egress_ok(
-        ctx,
-        &policy::Tuple {
-            key,
-            closing: flow.closing,
-        },
-    )
-}
-
-/// The parts of a packet the NAT needs.
-#[derive(Clone, Copy)]
-struct Flow {
-    key: CtKey,
-    l4: usize,
-    closing: bool,
+fn egress_ok(ctx: &TcContext, flow: &Tuple, daddr: u32, dport: u16) -> bool {
+    let mut to = *flow;
+    to.key.daddr = daddr;
+    to.key.dport = dport;
+    policy::egress_ok(ctx, &to)
 }
 
 #[inline(always)]
-fn parse(ctx: &TcContext) -> Option<Flow> {
-    let ethertype: u16 = ctx.load(12).ok()?;
-    if u16::from_be(ethertype) != ETH_P_IP {
-        return None;
-    }
-    let ip: [u8; IPV4_MIN_HDR_LEN] = ctx.load(ETH_HDR_LEN).ok()?;
-    let ihl = usize::from(ip[0] & 0x0f) * 4;
-    if ip[0] >> 4 != 4 || ihl < IPV4_MIN_HDR_LEN {
-        return None;
-    }
-    if u16::from_be_bytes([ip[6], ip[7]]) & IPV4_FRAG_OFFSET_MASK != 0 {
-        return None;
-    }
-    let proto = ip[9];
-    if proto != PROTO_TCP && proto != PROTO_UDP {
-        return None;
-    }
-    let l4 = ETH_HDR_LEN + ihl;
-    let ports: [u16; 2] = ctx.load(l4).ok()?;
-    let closing = proto == PROTO_TCP && ctx.load::<u8>(l4 + 13).ok()? & TCP_FIN_RST != 0;
-    Some(Flow {
-        key: CtKey {
-            saddr: u32::from_ne_bytes([ip[12], ip[13], ip[14], ip[15]]),
-            daddr: u32::from_ne_bytes([ip[16], ip[17], ip[18], ip[19]]),
-            sport: ports[0],
-            dport: ports[1],
-            proto,
-            _pad: [0; 3],
-        },
-        l4,
-        closing,
-    })
-}
-
-#[inline(always)]
-fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
+fn handle(ctx: &TcContext, flow: &Tuple) -> Option<i32> {
     let k = flow.key;
-    let flow = *flow;
     if let Some(ct) = ct_lookup(&k, flow.closing) {
         let (pdaddr, pdport) = if ct.flags & CT_F_REPLY != 0 {
             (k.daddr, k.dport)
         } else {
             (ct.addr, ct.port)
         };
-        if !egress_ok(ctx, &flow, pdaddr, pdport) {
+        if !egress_ok(ctx, flow, pdaddr, pdport) {
             return Some(TC_ACT_SHOT as i32);
         }
         if ct.flags & CT_F_REPLY != 0 {
             // Backend → client: the source becomes the frontend again (and with hairpin SNAT,
             // the destination becomes the client again).
-            rewrite(
-                ctx, &flow, IP_SRC_OFF, k.saddr, ct.addr, 0, k.sport, ct.port,
-            )?;
+            rewrite(ctx, flow, IP_SRC_OFF, k.saddr, ct.addr, 0, k.sport, ct.port)?;
             if ct.flags & CT_F_SNAT != 0 {
                 rewrite(
                     ctx,
-                    &flow,
+                    flow,
                     IP_DST_OFF,
                     k.daddr,
                     ct.snat_addr,
@@ -155,13 +107,11 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
                 return Some(route_out(ctx, ct.addr, k.daddr));
             }
         } else {
-            rewrite(
-                ctx, &flow, IP_DST_OFF, k.daddr, ct.addr, 2, k.dport, ct.port,
-            )?;
+            rewrite(ctx, flow, IP_DST_OFF, k.daddr, ct.addr, 2, k.dport, ct.port)?;
             if ct.flags & CT_F_SNAT != 0 {
                 rewrite(
                     ctx,
-                    &flow,
+                    flow,
                     IP_SRC_OFF,
                     k.saddr,
                     ct.snat_addr,
@@ -176,7 +126,7 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     }
 
     let Some((fkey, fe)) = lookup_frontend(k.daddr, k.dport, k.proto, SCOPE_INTERNAL) else {
-        return Some(if egress_ok(ctx, &flow, k.daddr, k.dport) {
+        return Some(if egress_ok(ctx, flow, k.daddr, k.dport) {
             TC_ACT_OK as i32
         } else {
             TC_ACT_SHOT as i32
@@ -192,7 +142,7 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
         return Some(TC_ACT_SHOT as i32);
     };
 
-    if !egress_ok(ctx, &flow, backend.addr, backend.port) {
+    if !egress_ok(ctx, flow, backend.addr, backend.port) {
         return Some(TC_ACT_SHOT as i32);
     }
     // Hairpin: the pod is its own backend.
@@ -231,7 +181,7 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
     }
     rewrite(
         ctx,
-        &flow,
+        flow,
         IP_DST_OFF,
         k.daddr,
         backend.addr,
@@ -240,9 +190,7 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
         backend.port,
     )?;
     if snat {
-        rewrite(
-            ctx, &flow, IP_SRC_OFF, k.saddr, new_src, 0, k.sport, k.sport,
-        )?;
+        rewrite(ctx, flow, IP_SRC_OFF, k.saddr, new_src, 0, k.sport, k.sport)?;
     }
     count_lb(LbStat::TcForwarded);
     Some(TC_ACT_OK as i32)
@@ -254,7 +202,7 @@ fn handle(ctx: &TcContext, flow: &Flow) -> Option<i32> {
 #[allow(clippy::too_many_arguments)]
 fn rewrite(
     ctx: &TcContext,
-    flow: &Flow,
+    flow: &Tuple,
     addr_off: usize,
     old_addr: u32,
     new_addr: u32,

@@ -187,7 +187,7 @@ impl Context<'_> {
                 Direction::Egress => &policy.egress,
             };
             let Some(rules) = rules else { continue };
-            if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
+            if !policy.selects(pod) {
                 continue;
             }
             // Policies are additive: any rule of any selecting policy allowing it is enough.

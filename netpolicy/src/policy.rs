@@ -29,6 +29,12 @@ impl Policy {
     pub fn key(&self) -> String {
         format!("{}/{}", self.namespace, self.name)
     }
+
+    /// Whether the policy applies to `pod` (in its namespace and matched by `podSelector`),
+    /// whatever the direction.
+    pub fn selects(&self, pod: &crate::Pod) -> bool {
+        self.namespace == pod.namespace && self.pod_selector.matches(&pod.labels)
+    }
 }
 
 /// One ingress or egress rule: it allows a connection whose remote end matches one of

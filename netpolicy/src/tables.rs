@@ -590,7 +590,7 @@ impl<'a> Tables<'a> {
                 Direction::Egress => &policy.egress,
             };
             let Some(rules) = rules else { continue };
-            if policy.namespace != pod.namespace || !policy.pod_selector.matches(&pod.labels) {
+            if !policy.selects(pod) {
                 continue;
             }
             selected = true;

@@ -269,9 +269,20 @@ pub fn now_rfc3339() -> String {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
+    let (date, time) = civil(secs);
+    format!("{date}T{time}Z")
+}
+
+/// Nanoseconds since the Unix epoch as RFC 3339 UTC with microseconds.
+pub fn rfc3339_micros(ns: u64) -> String {
+    let (date, time) = civil(ns / 1_000_000_000);
+    format!("{date}T{time}.{:06}Z", ns % 1_000_000_000 / 1_000)
+}
+
+/// Seconds since the epoch as (`YYYY-MM-DD`, `hh:mm:ss`): civil-from-days (Howard Hinnant's
+/// algorithm), valid for the Unix era.
+fn civil(secs: u64) -> (String, String) {
     let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
-    // Civil-from-days (Howard Hinnant's algorithm), valid for the Unix era.
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -281,7 +292,10 @@ pub fn now_rfc3339() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let mo = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(mo <= 2);
-    format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z")
+    (
+        format!("{y:04}-{mo:02}-{d:02}"),
+        format!("{:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60),
+    )
 }
 
 #[cfg(test)]
@@ -333,6 +347,19 @@ mod tests {
         assert!(start > 0);
         assert!(state == 'R' || state == 'S');
         assert!(proc_stat(i32::MAX).is_none());
+    }
+
+    #[test]
+    fn rfc3339_of_known_instants() {
+        assert_eq!(rfc3339_micros(0), "1970-01-01T00:00:00.000000Z");
+        assert_eq!(
+            rfc3339_micros(1_795_000_000_123_456_789),
+            "2026-11-18T11:06:40.123456Z"
+        );
+        assert_eq!(
+            rfc3339_micros(951_782_400_000_000_000),
+            "2000-02-29T00:00:00.000000Z"
+        );
     }
 
     #[test]

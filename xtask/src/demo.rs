@@ -292,19 +292,7 @@ endpoints:
 {endpoints}"
     );
     println!("{manifest}");
-    let mut apply = Command::new(berth);
-    apply
-        .args(["svc", "apply", "-f", "-"])
-        .stdin(Stdio::piped());
-    eprintln!("+ {berth} svc apply -f -");
-    let mut child = apply.spawn()?;
-    std::io::Write::write_all(
-        &mut child.stdin.take().context("stdin")?,
-        manifest.as_bytes(),
-    )?;
-    if !child.wait()?.success() {
-        bail!("berth svc apply failed");
-    }
+    apply_stdin(berth, "svc", &manifest)?;
     sh::run(berth, &["svc", "ls"])?;
     sh::run(berth, &["svc", "show", "demo/web"])?;
 
@@ -381,19 +369,7 @@ fn policies(berth: &str, ips: &[String]) -> Result<()> {
     };
     step("berth policy apply: default-deny ingress, and allow role=client to the web pods on 8080");
     println!("{POLICIES}");
-    let mut apply = Command::new(berth);
-    apply
-        .args(["policy", "apply", "-f", "-"])
-        .stdin(Stdio::piped());
-    eprintln!("+ {berth} policy apply -f -");
-    let mut child = apply.spawn()?;
-    std::io::Write::write_all(
-        &mut child.stdin.take().context("stdin")?,
-        POLICIES.as_bytes(),
-    )?;
-    if !child.wait()?.success() {
-        bail!("berth policy apply failed");
-    }
+    apply_stdin(berth, "policy", POLICIES)?;
     sh::run(berth, &["policy", "ls"])?;
     let url = format!("http://{}:8080/", ips[0]);
     step("a container labelled role=client reaches a web pod");
@@ -495,6 +471,23 @@ impl Drop for ServicesGuard {
             .args(["rm", "-f", "demo-web1", "demo-web2"])
             .status();
     }
+}
+
+/// `berth KIND apply -f -` with `manifest` on its standard input.
+fn apply_stdin(berth: &str, kind: &str, manifest: &str) -> Result<()> {
+    eprintln!("+ {berth} {kind} apply -f -");
+    let mut child = Command::new(berth)
+        .args([kind, "apply", "-f", "-"])
+        .stdin(Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(
+        &mut child.stdin.take().context("stdin")?,
+        manifest.as_bytes(),
+    )?;
+    if !child.wait()?.success() {
+        bail!("berth {kind} apply failed");
+    }
+    Ok(())
 }
 
 fn step(title: &str) {

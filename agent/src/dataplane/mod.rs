@@ -138,6 +138,34 @@ impl Dataplane {
 
 /// Loads the kernel object with private (unpinned) maps and nothing attached: for
 /// `BPF_PROG_TEST_RUN` tests and benchmarks, which must not touch a running data plane.
+/// One IPv4 address of this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub addr: std::net::Ipv4Addr,
+    /// The interface holding it (0 if it vanished while being read).
+    pub ifindex: u32,
+    pub prefix_len: u8,
+}
+
+/// This node's IPv4 addresses, loopback included (NodePort addresses for the load balancer,
+/// the node identity for policy).
+pub fn node_addresses() -> Vec<NodeAddr> {
+    let Ok(ifaddrs) = nix::ifaddrs::getifaddrs() else {
+        return Vec::new();
+    };
+    ifaddrs
+        .filter_map(|ifa| {
+            let addr = ifa.address.as_ref()?.as_sockaddr_in()?.ip();
+            let mask = ifa.netmask.as_ref()?.as_sockaddr_in()?.ip();
+            Some(NodeAddr {
+                addr,
+                ifindex: nix::net::if_::if_nametoindex(ifa.interface_name.as_str()).unwrap_or(0),
+                prefix_len: u32::from(mask).count_ones() as u8,
+            })
+        })
+        .collect()
+}
+
 pub fn load_unpinned() -> Result<Ebpf> {
     Ok(EbpfLoader::new().load(EBPF_OBJECT)?)
 }

@@ -22,7 +22,7 @@ mod report;
 mod rules;
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::BTreeMap,
     fs::File,
     path::{Path, PathBuf},
     process::Command,
@@ -117,20 +117,9 @@ struct Sample {
     maps_s: Option<f64>,
 }
 
-enum Outcome {
-    Done(Sample, Vec<String>),
-    Timeout(String),
-    Failed(String),
-}
-
-/// One (rule count, mode) cell of the results.
-#[derive(Default)]
-struct Cell {
-    samples: Vec<Sample>,
-    /// Why there are no (more) samples: timeout, error, unavailable, skipped.
-    status: Option<String>,
-    notes: BTreeSet<String>,
-}
+type Outcome = crate::Outcome<Sample>;
+/// One (count, mode) cell of the results.
+type Cell = crate::Cell<Sample>;
 
 /// The rule files of one rule count (written once, identical for every repetition).
 struct Workload {

@@ -238,22 +238,11 @@ impl Report {
         );
         let mut footnotes = Vec::new();
         for r in &self.rows {
-            let mut marks = Vec::new();
-            for note in r.status.iter().chain(&r.notes) {
-                let mut lines = note.lines();
-                let mut short = lines.next().unwrap_or("").to_owned();
-                let more = lines.count();
-                if more > 0 {
-                    short.push_str(&format!(" (+{more} lines)"));
-                }
-                footnotes.push(format!("{} {}: {short}", r.n, r.mode.name()));
-                marks.push(footnotes.len().to_string());
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", marks.join(","))
-            };
+            let marks = crate::footnote_marks(
+                &mut footnotes,
+                &format!("{} {}", r.n, r.mode.name()),
+                r.status.iter().chain(&r.notes),
+            );
             let mode = if r.mode == Mode::Berth {
                 "**berth**".to_owned()
             } else if r.mode == Mode::Off {

@@ -133,20 +133,9 @@ struct Sample {
     update_one_s: Option<f64>,
 }
 
-enum Outcome {
-    Done(Sample, Vec<String>),
-    Timeout(String),
-    Failed(String),
-}
-
-/// One (service count, mode) cell of the results.
-#[derive(Default)]
-struct Cell {
-    samples: Vec<Sample>,
-    /// Why there are no (more) samples: timeout, error, unavailable, skipped.
-    status: Option<String>,
-    notes: BTreeSet<String>,
-}
+type Outcome = crate::Outcome<Sample>;
+/// One (count, mode) cell of the results.
+type Cell = crate::Cell<Sample>;
 
 /// The services of one service count and the files each mode programs them from (written on
 /// first use, identical for every repetition).

@@ -240,23 +240,11 @@ impl Report {
             if let Some(status) = &r.status {
                 program = status.split(':').next().unwrap_or("-").to_owned();
             }
-            let mut marks = Vec::new();
-            for note in r.status.iter().chain(&r.notes) {
-                // Tool errors can run to pages; the table keeps their start (--json has all).
-                let mut lines = note.lines();
-                let mut short = lines.next().unwrap_or("").to_owned();
-                let more = lines.count();
-                if more > 0 {
-                    short.push_str(&format!(" (+{more} lines)"));
-                }
-                footnotes.push(format!("{} {}: {short}", r.n, r.mode.name()));
-                marks.push(footnotes.len().to_string());
-            }
-            let marks = if marks.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", marks.join(","))
-            };
+            let marks = crate::footnote_marks(
+                &mut footnotes,
+                &format!("{} {}", r.n, r.mode.name()),
+                r.status.iter().chain(&r.notes),
+            );
             let _ = writeln!(
                 out,
                 "{:>8}  {:<16} {:>8}  {:>9}  {:>11}  {:>9}  {:>11}  {:>10}{marks}",
