@@ -12,6 +12,7 @@ use tokio::{io::unix::AsyncFd, net::TcpListener, signal::unix::SignalKind};
 
 use crate::{
     api::{self, ApiState},
+    audit::AuditStore,
     config::AgentConfig,
     dataplane::{self, Dataplane, PinLayout, lb::CtTimeouts},
     events::EventHub,
@@ -29,6 +30,7 @@ const HOUSEKEEPING_INTERVAL: std::time::Duration = std::time::Duration::from_sec
 async fn housekeeping(
     services: Arc<std::sync::Mutex<ServiceStore>>,
     policy: Arc<std::sync::Mutex<PolicyStore>>,
+    audit: Arc<std::sync::Mutex<AuditStore>>,
     gc_removed: prometheus::IntCounter,
     policy_gc_removed: prometheus::IntCounter,
 ) {
@@ -37,6 +39,7 @@ async fn housekeeping(
         tick.tick().await;
         let services = services.clone();
         let policy = policy.clone();
+        let audit = audit.clone();
         let gc_removed = gc_removed.clone();
         let policy_gc_removed = policy_gc_removed.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -46,6 +49,13 @@ async fn housekeeping(
                 store.refresh_node();
                 let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
                 gc_removed.inc_by(removed as u64);
+            }
+            if let Err(e) = audit
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .containers_changed()
+            {
+                tracing::warn!(error = %e, "audit reconcile failed; the maps keep their last state");
             }
             let mut store = policy.lock().unwrap_or_else(|p| p.into_inner());
             if let Err(e) = store.containers_changed() {
@@ -88,6 +98,8 @@ pub enum AgentError {
     Services(#[from] crate::services::StoreError),
     #[error(transparent)]
     Policy(#[from] crate::policy::PolicyStoreError),
+    #[error(transparent)]
+    Audit(#[from] crate::audit::AuditStoreError),
     #[error("refusing to clean up while an agent serves {0}: stop it first")]
     AgentRunning(std::path::PathBuf),
 }
@@ -157,10 +169,50 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         Some(events.clone()),
     )?;
     let policy = Arc::new(std::sync::Mutex::new(policy_store));
+    let audit_store = AuditStore::open(
+        &config.state_dir,
+        &config.engine_root,
+        &config.cgroup,
+        &layout,
+        dataplane.tracepoints,
+        metrics.audit.clone(),
+        metrics.audit_targets.clone(),
+    )?;
+    let audit = Arc::new(std::sync::Mutex::new(audit_store));
     let events_task = tokio::spawn(crate::events::run_reader(layout.clone(), events.clone()));
+    let audit_events_task = tokio::spawn(crate::events::run_audit_reader(
+        layout.clone(),
+        events.clone(),
+        metrics.audit_targets.clone(),
+    ));
+    if let Some(path) = &config.events_file {
+        let sink = crate::events::file_sink(
+            &events,
+            path.clone(),
+            config.events_file_max_bytes,
+            config.events_file_keep,
+        )
+        .map_err(|source| AgentError::Io {
+            what: "opening the events file",
+            source,
+        })?;
+        let path = path.clone();
+        std::thread::Builder::new()
+            .name("events-file".into())
+            .spawn(move || {
+                if let Err(e) = sink() {
+                    tracing::error!(path = %path.display(), error = %e, "writing the events file failed; events go only to the API stream now");
+                }
+            })
+            .map_err(|source| AgentError::Io {
+                what: "starting the events file writer",
+                source,
+            })?;
+    }
     let housekeeping = tokio::spawn(housekeeping(
         services.clone(),
         policy.clone(),
+        audit.clone(),
         metrics.conntrack_gc.clone(),
         metrics.policy_conntrack_gc.clone(),
     ));
@@ -172,6 +224,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         container_events: metrics.container_events.clone(),
         services,
         policy,
+        audit,
         events,
     });
 
@@ -213,7 +266,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     log_task.abort();
     housekeeping.abort();
     events_task.abort();
-    drop(dataplane);
+    audit_events_task.abort();
     if let Err(err) = std::fs::remove_file(&config.api_socket) {
         tracing::warn!(path = %config.api_socket.display(), error = %err, "removing the API socket");
     }

@@ -18,6 +18,7 @@ use axum::{
 use tokio::net::UnixListener;
 
 use crate::{
+    audit::{AuditStore, AuditStoreError, RegisteredCgroup},
     dataplane::PinLayout,
     events::{EventHub, Filter},
     metrics::Metrics,
@@ -45,8 +46,22 @@ pub mod paths {
     pub const POLICIES: &str = "/v1/policies";
     /// GET `?from=&to=&port=&protocol=`: the verdict and the deciding policy and rule.
     pub const POLICIES_EXPLAIN: &str = "/v1/policies/explain";
-    /// GET `?follow=&type=&container=`: the event stream as JSON lines.
+    /// GET `?follow=&type=&container=&syscall=`: the event stream as JSON lines.
     pub const EVENTS: &str = "/v1/events";
+    /// GET: audit policies, targets (with their profile) and attached tracepoints.
+    pub const AUDIT: &str = "/v1/audit";
+    /// POST AuditPolicy manifests: apply them.
+    pub const AUDIT_APPLY: &str = "/v1/audit/apply";
+    /// POST `{"names": [...]}`: delete audit policies.
+    pub const AUDIT_DELETE: &str = "/v1/audit/delete";
+    /// POST `{"path", "name", "labels"}`: audit a cgroup by path.
+    pub const AUDIT_CGROUPS: &str = "/v1/audit/cgroups";
+    /// POST `{"path"}`: stop auditing a registered cgroup.
+    pub const AUDIT_CGROUPS_DELETE: &str = "/v1/audit/cgroups/delete";
+    /// GET: syscall counts per target and syscall.
+    pub const AUDIT_COUNTS: &str = "/v1/audit/counts";
+    /// POST `{"labels": {...}}`: the deny rules (seccomp) for a container with these labels.
+    pub const AUDIT_DENY: &str = "/v1/audit/deny";
 }
 
 /// Largest request body the API accepts.
@@ -65,6 +80,8 @@ pub struct ApiState {
     pub services: Arc<std::sync::Mutex<ServiceStore>>,
     /// The desired policies and their writer (same discipline as `services`).
     pub policy: Arc<std::sync::Mutex<PolicyStore>>,
+    /// The audit rules, targets and tracepoints (same discipline as `services`).
+    pub audit: Arc<std::sync::Mutex<AuditStore>>,
     pub events: Arc<EventHub>,
 }
 
@@ -108,6 +125,16 @@ pub fn api_router(state: Arc<ApiState>) -> Router {
             axum::routing::delete(delete_policy),
         )
         .route(paths::EVENTS, get(events))
+        .route(paths::AUDIT, get(audit_view))
+        .route(paths::AUDIT_APPLY, axum::routing::post(audit_apply))
+        .route(paths::AUDIT_DELETE, axum::routing::post(audit_delete))
+        .route(paths::AUDIT_CGROUPS, axum::routing::post(audit_add_cgroup))
+        .route(
+            paths::AUDIT_CGROUPS_DELETE,
+            axum::routing::post(audit_remove_cgroup),
+        )
+        .route(paths::AUDIT_COUNTS, get(audit_counts))
+        .route(paths::AUDIT_DENY, axum::routing::post(audit_deny))
         // A node's whole service set arrives in one apply (10,000 services with their slices
         // are about 21 MiB of YAML); axum's default limit is 2 MiB.
         .layer(axum::extract::DefaultBodyLimit::max(MAX_REQUEST_BYTES))
@@ -135,6 +162,73 @@ async fn with_policy<T: serde::Serialize + Send + 'static>(
     f: impl FnOnce(&mut PolicyStore) -> Result<T, crate::policy::PolicyStoreError> + Send + 'static,
 ) -> axum::response::Response {
     with_locked(state.policy.clone(), f).await
+}
+
+/// [`with_store`] for the audit store.
+async fn with_audit<T: serde::Serialize + Send + 'static>(
+    state: Arc<ApiState>,
+    f: impl FnOnce(&mut AuditStore) -> Result<T, AuditStoreError> + Send + 'static,
+) -> axum::response::Response {
+    with_locked(state.audit.clone(), f).await
+}
+
+async fn audit_view(State(state): State<Arc<ApiState>>) -> axum::response::Response {
+    with_audit(state, |store| Ok(store.view())).await
+}
+
+async fn audit_apply(
+    State(state): State<Arc<ApiState>>,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    with_audit(state, move |store| store.apply(&body)).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Names {
+    names: Vec<String>,
+}
+
+async fn audit_delete(
+    State(state): State<Arc<ApiState>>,
+    Json(names): Json<Names>,
+) -> axum::response::Response {
+    with_audit(state, move |store| store.delete(&names.names)).await
+}
+
+async fn audit_add_cgroup(
+    State(state): State<Arc<ApiState>>,
+    Json(cgroup): Json<RegisteredCgroup>,
+) -> axum::response::Response {
+    with_audit(state, move |store| store.add_cgroup(cgroup)).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct CgroupPath {
+    path: PathBuf,
+}
+
+async fn audit_remove_cgroup(
+    State(state): State<Arc<ApiState>>,
+    Json(c): Json<CgroupPath>,
+) -> axum::response::Response {
+    with_audit(state, move |store| store.remove_cgroup(&c.path)).await
+}
+
+async fn audit_counts(State(state): State<Arc<ApiState>>) -> axum::response::Response {
+    with_audit(state, |store| Ok(store.counts())).await
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct Labels {
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+}
+
+async fn audit_deny(
+    State(state): State<Arc<ApiState>>,
+    Json(l): Json<Labels>,
+) -> axum::response::Response {
+    with_audit(state, move |store| store.deny_for(&l.labels)).await
 }
 
 async fn with_locked<S: Send + 'static, T, E>(
@@ -323,7 +417,16 @@ async fn container_event(
     // A container joined or left the bridge: its endpoint and identity change. The answer waits
     // for the maps, so `berth run` starts the container's process under its policy.
     let policy = state.policy.clone();
+    let audit = state.audit.clone();
     let done = tokio::task::spawn_blocking(move || {
+        // Audit first: a created container is audited before its process starts.
+        let audited = audit
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .containers_changed();
+        if let Err(e) = &audited {
+            tracing::warn!(error = %e, "audit reconcile after a container event failed");
+        }
         let mut store = policy.lock().unwrap_or_else(|p| p.into_inner());
         store.containers_changed()
     })

@@ -159,6 +159,19 @@ pub struct AgentArgs {
     #[arg(long)]
     pub policy_audit: bool,
 
+    /// Also write every event (syscall audit, policy verdicts, gaps) as JSON lines to this
+    /// file, rotated by size (FILE.1 is the newest rotated one) [default: no file].
+    #[arg(long, env = "BERTH_EVENTS_FILE", value_name = "FILE")]
+    pub events_file: Option<PathBuf>,
+
+    /// Rotate the events file when it reaches this many bytes [default: 67108864 (64 MiB)].
+    #[arg(long, value_name = "BYTES")]
+    pub events_file_max_bytes: Option<u64>,
+
+    /// Rotated event files kept (FILE.1 … FILE.N) [default: 5].
+    #[arg(long, value_name = "N")]
+    pub events_file_keep: Option<u32>,
+
     /// Remove every pin and attachment berth made under the pin root, then exit.
     #[arg(long)]
     pub cleanup: bool,
@@ -183,6 +196,9 @@ struct FileConfig {
     backend_cidrs: Option<Vec<ipnet::Ipv4Net>>,
     engine_root: Option<PathBuf>,
     policy_audit: Option<bool>,
+    events_file: Option<PathBuf>,
+    events_file_max_bytes: Option<u64>,
+    events_file_keep: Option<u32>,
 }
 
 /// The agent's resolved configuration.
@@ -203,6 +219,9 @@ pub struct AgentConfig {
     pub backend_cidrs: Vec<ipnet::Ipv4Net>,
     pub engine_root: PathBuf,
     pub policy_audit: bool,
+    pub events_file: Option<PathBuf>,
+    pub events_file_max_bytes: u64,
+    pub events_file_keep: u32,
 }
 
 /// Default Maglev table size (as Cilium's): a prime, ~1,600 buckets per backend at 10 backends.
@@ -299,6 +318,12 @@ impl AgentConfig {
                 .or(file.engine_root)
                 .unwrap_or_else(|| DEFAULT_STATE_DIR.into()),
             policy_audit: args.policy_audit || file.policy_audit.unwrap_or(false),
+            events_file: args.events_file.clone().or(file.events_file),
+            events_file_max_bytes: args
+                .events_file_max_bytes
+                .or(file.events_file_max_bytes)
+                .unwrap_or(64 << 20),
+            events_file_keep: args.events_file_keep.or(file.events_file_keep).unwrap_or(5),
         };
         config.validate()?;
         Ok(config)
@@ -326,6 +351,12 @@ impl AgentConfig {
         require_absolute("cgroup", &self.cgroup)?;
         require_absolute("state_dir", &self.state_dir)?;
         require_absolute("engine_root", &self.engine_root)?;
+        if let Some(f) = &self.events_file {
+            require_absolute("events_file", f)?;
+        }
+        if self.events_file_max_bytes < 4096 {
+            return Err(invalid("events_file_max_bytes", "must be at least 4096"));
+        }
         if self.node_name.is_empty() {
             return Err(invalid("node_name", "must not be empty"));
         }

@@ -11,12 +11,14 @@
 //!   none of whose rules allowed the flow; empty when no policy selects it), and
 //!   `suppressed_before` (verdicts the per-CPU rate limit dropped on that CPU since the previous
 //!   record: counted, never silent).
-//! - `gap`: `lost` events the kernel could not put on a full ring, `reason`.
+//! - `syscall`, `exec`, `exit`: syscall auditing (see `audit_events` for their fields).
+//! - `gap`: `lost` events the kernel could not put on a full ring, `reason`, `ring`; or
+//!   lines a slow reader missed (`reason`: the reader fell behind).
 
 use std::{
     collections::{HashMap, VecDeque},
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     sync::{Arc, Mutex, RwLock},
     time::Duration,
 };
@@ -119,9 +121,12 @@ impl EventHub {
 pub struct Filter {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    /// A pod (`namespace/name` or `name`) the event is about.
+    /// A pod (`namespace/name` or `name`) or container (name or id) the event is about.
     #[serde(default)]
     pub container: Option<String>,
+    /// Only syscall events of this syscall (by name).
+    #[serde(default)]
+    pub syscall: Option<String>,
     #[serde(default)]
     pub follow: Option<bool>,
 }
@@ -136,41 +141,91 @@ impl Filter {
         if let Some(c) = &self.container {
             let endpoint = event["endpoint"].as_str().unwrap_or("");
             let name = endpoint.rsplit('/').next().unwrap_or("");
-            if endpoint != c && name != c {
+            let container = &event["container"];
+            let matches_container = [&container["name"], &container["id"]]
+                .iter()
+                .any(|v| v.as_str() == Some(c.as_str()))
+                || container["id"]
+                    .as_str()
+                    .is_some_and(|id| c.len() >= 12 && id.starts_with(c.as_str()));
+            if endpoint != c && name != c && !matches_container {
                 return false;
             }
+        }
+        if let Some(s) = &self.syscall
+            && event["syscall"].as_str() != Some(s.as_str())
+        {
+            return false;
         }
         true
     }
 }
 
-/// Reads the kernel's event ring until the task is aborted, and polls the loss counters.
+/// Reads the kernel's policy event ring (`EVENTS`) until the task is aborted.
 pub async fn run_reader(layout: PinLayout, hub: Arc<EventHub>) {
+    let decode_hub = hub.clone();
+    read_ring(
+        layout,
+        hub,
+        maps::EVENTS,
+        maps::EVENTS_LOST,
+        move |bytes, offset_ns| decode(&decode_hub, bytes, offset_ns),
+    )
+    .await
+}
+
+/// Reads the kernel's audit ring (`AUDIT_EVENTS`) until the task is aborted.
+pub async fn run_audit_reader(
+    layout: PinLayout,
+    hub: Arc<EventHub>,
+    targets: Arc<RwLock<HashMap<u64, crate::audit::TargetInfo>>>,
+) {
+    let offset_ns = wall_ns().saturating_sub(monotonic_ns());
+    let mut decoder = crate::audit_events::AuditDecoder::new(hub.clone(), targets, offset_ns);
+    read_ring(
+        layout,
+        hub,
+        maps::AUDIT_EVENTS,
+        maps::AUDIT_LOST,
+        move |bytes, _| decoder.decode(bytes),
+    )
+    .await
+}
+
+/// Reads ring `ring` into `decode` until the task is aborted, and turns growth of the per-CPU
+/// loss counter `lost_map` into gap records (loss is never silent).
+async fn read_ring(
+    layout: PinLayout,
+    hub: Arc<EventHub>,
+    ring: &'static str,
+    lost_map: &'static str,
+    mut decode: impl FnMut(&[u8], u64),
+) {
     let open = || -> Result<RingBuf<MapData>, String> {
-        let data = MapData::from_pin(layout.map(maps::EVENTS)).map_err(|e| e.to_string())?;
+        let data = MapData::from_pin(layout.map(ring)).map_err(|e| e.to_string())?;
         RingBuf::try_from(Map::RingBuf(data)).map_err(|e| e.to_string())
     };
-    let ring = match open() {
+    let ring_buf = match open() {
         Ok(r) => r,
         Err(e) => {
-            tracing::error!(error = %e, "cannot open the EVENTS ring buffer; no kernel events");
+            tracing::error!(ring, error = %e, "cannot open the ring buffer; no kernel events");
             return;
         }
     };
     // SAFETY: the ring owns its fd and neither closes nor replaces it while the AsyncFd holds
     // it; both are dropped together.
     let registered =
-        unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) };
+        unsafe { AsyncFd::register_with_interest(ring_buf, tokio::io::Interest::READABLE) };
     let mut fd = match registered {
         Ok(fd) => fd,
         Err(e) => {
-            tracing::error!(error = %e, "cannot poll the EVENTS ring buffer; no kernel events");
+            tracing::error!(ring, error = %e, "cannot poll the ring buffer; no kernel events");
             return;
         }
     };
     // Monotonic → wall clock for event times.
     let offset_ns = wall_ns().saturating_sub(monotonic_ns());
-    let mut lost_seen = read_lost(&layout).unwrap_or(0);
+    let mut lost_seen = read_lost(&layout, lost_map).unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
         tokio::select! {
@@ -178,30 +233,115 @@ pub async fn run_reader(layout: PinLayout, hub: Arc<EventHub>) {
                 let mut guard = match guard {
                     Ok(g) => g,
                     Err(e) => {
-                        tracing::error!(error = %e, "polling the EVENTS ring buffer failed");
+                        tracing::error!(ring, error = %e, "polling the ring buffer failed");
                         return;
                     }
                 };
-                let ring = guard.get_inner_mut();
-                while let Some(item) = ring.next() {
-                    decode(&hub, &item, offset_ns);
+                let rb = guard.get_inner_mut();
+                while let Some(item) = rb.next() {
+                    decode(&item, offset_ns);
                 }
                 guard.clear_ready();
             }
             _ = tick.tick() => {
-                if let Some(lost) = read_lost(&layout) && lost > lost_seen {
+                if let Some(lost) = read_lost(&layout, lost_map) && lost > lost_seen {
                     let n = lost - lost_seen;
                     lost_seen = lost;
                     hub.metrics.lost.inc_by(n);
-                    hub.publish("gap", json!({ "lost": n, "reason": "ring buffer full" }));
+                    hub.publish("gap", json!({
+                        "lost": n,
+                        "reason": "ring buffer full",
+                        "ring": ring,
+                    }));
                 }
             }
         }
     }
 }
 
-fn read_lost(layout: &PinLayout) -> Option<u64> {
-    let data = MapData::from_pin(layout.map(maps::EVENTS_LOST)).ok()?;
+/// Opens `path` and subscribes to the stream; the returned function appends every event to it
+/// as JSON lines until the hub is dropped (blocking: run it on a thread of its own).
+///
+/// Rotation is by size: when the file would grow past `max_bytes`, FILE.N-1 → FILE.N …
+/// FILE → FILE.1 and a new FILE starts (`keep` rotated files; the oldest is dropped). A writer
+/// that falls behind the stream writes a gap record saying how many lines it missed.
+pub fn file_sink(
+    hub: &EventHub,
+    path: PathBuf,
+    max_bytes: u64,
+    keep: u32,
+) -> std::io::Result<impl FnOnce() -> std::io::Result<()> + Send + 'static> {
+    use std::io::Write as _;
+    let mut rx = hub.subscribe();
+    let node = hub.node.clone();
+    let lost = hub.metrics.lost.clone();
+    let open = |p: &Path| {
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+    };
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let first = open(&path)?;
+    let mut size = first.metadata()?.len();
+    Ok(move || {
+        let mut file = std::io::BufWriter::new(first);
+        loop {
+            let line = match rx.blocking_recv() {
+                Ok(event) => event.to_string(),
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    lost.inc_by(n);
+                    json!({
+                        "schema": SCHEMA, "type": "gap", "node": node,
+                        "time": berth_runtime::state::now_rfc3339(),
+                        "lost": n, "reason": "the events file writer fell behind",
+                    })
+                    .to_string()
+                }
+                Err(broadcast::error::RecvError::Closed) => return file.flush(),
+            };
+            let len = line.len() as u64 + 1;
+            if size > 0 && size + len > max_bytes {
+                file.flush()?;
+                rotate(&path, keep)?;
+                file = std::io::BufWriter::new(open(&path)?);
+                size = 0;
+            }
+            file.write_all(line.as_bytes())?;
+            file.write_all(b"\n")?;
+            size += len;
+            // Flush when the stream is idle: lines reach the file promptly, bursts are batched.
+            if rx.is_empty() {
+                file.flush()?;
+            }
+        }
+    })
+}
+
+fn rotated(path: &Path, n: u32) -> PathBuf {
+    let mut s = path.as_os_str().to_owned();
+    s.push(format!(".{n}"));
+    PathBuf::from(s)
+}
+
+fn rotate(path: &Path, keep: u32) -> std::io::Result<()> {
+    if keep == 0 {
+        return std::fs::remove_file(path);
+    }
+    let _ = std::fs::remove_file(rotated(path, keep));
+    for n in (1..keep).rev() {
+        let from = rotated(path, n);
+        if from.exists() {
+            std::fs::rename(&from, rotated(path, n + 1))?;
+        }
+    }
+    std::fs::rename(path, rotated(path, 1))
+}
+
+fn read_lost(layout: &PinLayout, name: &str) -> Option<u64> {
+    let data = MapData::from_pin(layout.map(name)).ok()?;
     let lost: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::PerCpuArray(data)).ok()?;
     lost.get(&0, 0)
         .ok()
@@ -299,10 +439,13 @@ pub struct EventsArgs {
     /// Keep printing events as they come (after the recent ones).
     #[arg(long, short = 'f')]
     follow: bool,
-    /// Only events about this pod (NAMESPACE/NAME or NAME).
+    /// Only events about this pod (NAMESPACE/NAME or NAME) or container (name or id).
     #[arg(long)]
     container: Option<String>,
-    /// Only events of this type (policy_verdict, gap).
+    /// Only syscall events of this syscall (e.g. openat).
+    #[arg(long)]
+    syscall: Option<String>,
+    /// Only events of this type (policy_verdict, syscall, exec, exit, gap).
     #[arg(long = "type")]
     kind: Option<String>,
 }
@@ -318,6 +461,9 @@ pub fn run(args: EventsArgs) -> anyhow::Result<()> {
     if let Some(t) = &args.kind {
         uri.push_str(&format!("&type={}", client::query_value(t)));
     }
+    if let Some(s) = &args.syscall {
+        uri.push_str(&format!("&syscall={}", client::query_value(s)));
+    }
     use std::io::Write as _;
     let mut out = std::io::stdout().lock();
     rt.block_on(client::stream(&args.api_socket, &uri, |chunk| {
@@ -331,11 +477,62 @@ mod tests {
     use super::*;
 
     #[test]
+    fn file_sink_rotates_by_size_and_keeps_n_files() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("events.jsonl");
+        let metrics = EventMetrics {
+            events: prometheus::IntCounterVec::new(prometheus::Opts::new("e", "e"), &["type"])
+                .expect("metric"),
+            lost: prometheus::IntCounter::new("l", "l").expect("metric"),
+            suppressed: prometheus::IntCounterVec::new(prometheus::Opts::new("s", "s"), &["type"])
+                .expect("metric"),
+        };
+        let hub = EventHub::new("node", metrics);
+        let run = file_sink(&hub, path.clone(), 4096, 2).expect("open sink");
+        let sink = std::thread::spawn(run);
+        for i in 0..100 {
+            hub.publish("syscall", json!({ "i": i, "pad": "x".repeat(100) }));
+        }
+        // Dropping the last sender closes the stream: the sink flushes and returns.
+        drop(hub);
+        sink.join().expect("sink thread").expect("sink");
+        let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+        let current = read(&path);
+        let first = read(&rotated(&path, 1));
+        let second = read(&rotated(&path, 2));
+        assert!(!rotated(&path, 3).exists(), "only 2 rotated files are kept");
+        for f in [&current, &first, &second] {
+            assert!(
+                f.len() <= 4096,
+                "a file exceeds the size limit: {}",
+                f.len()
+            );
+            for line in f.lines() {
+                let v: Value = serde_json::from_str(line).expect("each line is JSON");
+                assert_eq!(v["schema"], SCHEMA);
+            }
+        }
+        // The newest events are in the current file, in order, after the rotated ones.
+        let last: Value =
+            serde_json::from_str(current.lines().last().expect("a line")).expect("json");
+        assert_eq!(last["i"], 99);
+        let first_of_current: Value =
+            serde_json::from_str(current.lines().next().expect("a line")).expect("json");
+        let last_of_1: Value =
+            serde_json::from_str(first.lines().last().expect("a line")).expect("json");
+        assert_eq!(
+            last_of_1["i"].as_u64().expect("i") + 1,
+            first_of_current["i"].as_u64().expect("i")
+        );
+    }
+
+    #[test]
     fn filters_by_type_and_pod() {
         let ev = json!({"type": "policy_verdict", "endpoint": "shop/web"});
         let f = |kind: Option<&str>, c: Option<&str>| Filter {
             kind: kind.map(str::to_owned),
             container: c.map(str::to_owned),
+            syscall: None,
             follow: None,
         };
         assert!(f(None, None).matches(&ev));

@@ -6,9 +6,13 @@
 //! - [`config`]: flags, environment and config file, merged and validated.
 //! - [`api`] / [`client`]: the JSON API on a unix socket and its client.
 //! - [`metrics`]: the Prometheus exposition, read from the maps at scrape time.
+//! - [`audit`] / [`audit_events`]: syscall audit rules into the kernel, its records into events.
 
 pub mod agent;
 pub mod api;
+pub mod audit;
+pub mod audit_cli;
+pub mod audit_events;
 pub mod client;
 pub mod config;
 pub mod dataplane;

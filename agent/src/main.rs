@@ -82,8 +82,12 @@ enum Command {
     Svc(berth::svc_cli::SvcArgs),
     /// Kubernetes NetworkPolicies, enforced by the agent's data plane; `explain` a verdict.
     Policy(berth::policy_cli::PolicyArgs),
-    /// The event stream (policy verdicts): recent events, or follow them.
+    /// The event stream (syscall audit, policy verdicts): recent events, or follow them.
     Events(berth::events::EventsArgs),
+    /// Syscall audit policies (record, count, kill, deny) and audited cgroups.
+    Audit(berth::audit_cli::AuditArgs),
+    /// Per-container syscall rates from the audit counters.
+    Stats(berth::audit_cli::StatsArgs),
     /// Pull an image from an OCI/Docker registry.
     Pull {
         /// Plain HTTP for a non-loopback registry.
@@ -127,6 +131,8 @@ fn main() -> ExitCode {
         Command::Svc(args) => berth::svc_cli::run(args),
         Command::Policy(args) => berth::policy_cli::run(args),
         Command::Events(args) => berth::events::run(args),
+        Command::Audit(args) => berth::audit_cli::run(args),
+        Command::Stats(args) => berth::audit_cli::stats(args),
         Command::Run(args) => {
             berth::logging::init(berth::config::LogFormat::Text, "warn");
             // The container's exit code is ours (Docker's convention).

@@ -8,7 +8,7 @@ use std::{
 };
 
 use aya::maps::{Map, MapData, PerCpuArray};
-use berth_common::{lb::LbStat, maps, policy::PolicyStat, xdp::XdpStat};
+use berth_common::{audit::AuditStat, lb::LbStat, maps, policy::PolicyStat, xdp::XdpStat};
 use prometheus::{
     Encoder as _, GaugeVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
     core::{Collector, Desc},
@@ -32,6 +32,10 @@ pub struct Metrics {
     pub policy_conntrack_gc: prometheus::IntCounter,
     /// The event stream's instruments.
     pub events: crate::events::EventMetrics,
+    /// The audit reconcile path's instruments.
+    pub audit: crate::audit::AuditMetrics,
+    /// Who each audited cgroup is (the audit store fills it; the collector labels counts).
+    pub audit_targets: crate::audit::Targets,
 }
 
 impl Metrics {
@@ -62,7 +66,12 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        registry.register(Box::new(DataplaneCollector::new(layout)?))?;
+        registry.register(Box::new(DataplaneCollector::new(layout.clone())?))?;
+        let audit_targets = crate::audit::Targets::default();
+        registry.register(Box::new(AuditCollector::new(
+            layout,
+            audit_targets.clone(),
+        )?))?;
         let container_events = IntCounterVec::new(
             Opts::new(
                 "berth_container_events_total",
@@ -158,7 +167,31 @@ impl Metrics {
         registry.register(Box::new(events.events.clone()))?;
         registry.register(Box::new(events.lost.clone()))?;
         registry.register(Box::new(events.suppressed.clone()))?;
+        let audit = crate::audit::AuditMetrics {
+            reconcile_seconds: prometheus::Histogram::with_opts(
+                prometheus::HistogramOpts::new(
+                    "berth_audit_reconcile_duration_seconds",
+                    "time to compile the audit rules and write the difference into the audit maps",
+                )
+                .buckets(prometheus::exponential_buckets(0.0001, 4.0, 10)?),
+            )?,
+            policies: IntGauge::new("berth_audit_policies", "AuditPolicies in the desired state")?,
+            targets: IntGauge::new(
+                "berth_audit_targets",
+                "containers and cgroups audited on this node",
+            )?,
+            tracepoints: IntGauge::new(
+                "berth_audit_tracepoints_attached",
+                "tracepoints the audit programs are attached to (each costs every caller of its syscall)",
+            )?,
+        };
+        registry.register(Box::new(audit.reconcile_seconds.clone()))?;
+        registry.register(Box::new(audit.policies.clone()))?;
+        registry.register(Box::new(audit.targets.clone()))?;
+        registry.register(Box::new(audit.tracepoints.clone()))?;
         Ok(Self {
+            audit,
+            audit_targets,
             registry,
             container_events,
             services,
@@ -375,6 +408,112 @@ fn read_per_cpu_totals(
         totals.push(per_cpu.iter().copied().fold(0u64, u64::wrapping_add));
     }
     Ok(Some(totals))
+}
+
+/// The audit programs' counters, read from the pins on every scrape.
+struct AuditCollector {
+    layout: PinLayout,
+    targets: crate::audit::Targets,
+    lock: Mutex<()>,
+    syscalls: IntCounterVec,
+    kernel: IntCounterVec,
+    lost: IntCounterVec,
+}
+
+impl AuditCollector {
+    fn new(layout: PinLayout, targets: crate::audit::Targets) -> prometheus::Result<Self> {
+        Ok(Self {
+            layout,
+            targets,
+            lock: Mutex::new(()),
+            syscalls: IntCounterVec::new(
+                Opts::new(
+                    "berth_audit_syscalls_total",
+                    "syscalls counted by `count` rules, by container and syscall (series exist \
+                     only for audited containers and the syscalls their rules count; a removed \
+                     container's series go with it)",
+                ),
+                &["container", "syscall"],
+            )?,
+            kernel: IntCounterVec::new(
+                Opts::new(
+                    "berth_audit_kernel_total",
+                    "audit program outcomes: records (syscall records emitted), kills (SIGKILLs \
+                     sent), inflight_full (records emitted at entry without a return value), \
+                     counts_full (calls not counted: the counter map was full)",
+                ),
+                &["outcome"],
+            )?,
+            lost: IntCounterVec::new(
+                Opts::new(
+                    "berth_audit_lost_total",
+                    "audit records lost because the AUDIT_EVENTS ring was full, by CPU (each \
+                     loss is also a gap record on the stream)",
+                ),
+                &["cpu"],
+            )?,
+        })
+    }
+
+    fn refresh(&self) {
+        self.syscalls.reset();
+        self.kernel.reset();
+        self.lost.reset();
+        if let Ok(counts) = crate::dataplane::audit::read_counts(&self.layout) {
+            let targets = self.targets.read().unwrap_or_else(|p| p.into_inner());
+            for ((cgroup, nr), n) in counts {
+                let Some(t) = targets.get(&cgroup) else {
+                    continue;
+                };
+                let name = berth_audit::syscall_name(nr).unwrap_or_else(|| nr.to_string());
+                self.syscalls
+                    .with_label_values(&[t.name.as_str(), name.as_str()])
+                    .inc_by(n);
+            }
+        }
+        if let Ok(Some(totals)) =
+            read_per_cpu_totals(&self.layout, maps::AUDIT_STATS, AuditStat::COUNT)
+        {
+            for (stat, total) in AuditStat::ALL.iter().zip(totals) {
+                let name = match stat {
+                    AuditStat::Events => "records",
+                    other => other.name(),
+                };
+                self.kernel.with_label_values(&[name]).inc_by(total);
+            }
+        }
+        let path = self.layout.map(maps::AUDIT_LOST);
+        if let Ok(data) = MapData::from_pin(&path)
+            && let Ok(lost) = PerCpuArray::<MapData, u64>::try_from(Map::PerCpuArray(data))
+            && let Ok(per_cpu) = lost.get(&0, 0)
+        {
+            for (cpu, n) in per_cpu.iter().enumerate() {
+                self.lost
+                    .with_label_values(&[cpu.to_string().as_str()])
+                    .inc_by(*n);
+            }
+        }
+    }
+}
+
+impl Collector for AuditCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        let mut descs = Vec::new();
+        descs.extend(self.syscalls.desc());
+        descs.extend(self.kernel.desc());
+        descs.extend(self.lost.desc());
+        descs
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.refresh();
+        let mut families = Vec::new();
+        families.extend(self.syscalls.collect());
+        families.extend(self.kernel.collect());
+        families.extend(self.lost.collect());
+        families
+    }
 }
 
 impl Collector for DataplaneCollector {

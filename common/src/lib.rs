@@ -10,6 +10,7 @@
 //! never re-opens a pinned map of the old layout by mistake.
 #![no_std]
 
+pub mod audit;
 pub mod events;
 pub mod lb;
 pub mod maps;

@@ -68,6 +68,35 @@ pub const EVENT_RATE: &str = "EVENT_RATE";
 /// Event kinds `EVENT_RATE` has room for.
 pub const EVENT_KINDS: u32 = 8;
 
+/// Audited cgroups: cgroup id → [`crate::audit::AuditTarget`].
+pub const AUDIT_TARGETS: &str = "AUDIT_TARGETS";
+pub const AUDIT_TARGETS_MAX_ENTRIES: u32 = 16_384;
+/// (profile, syscall) → [`crate::audit::AuditSyscall`].
+pub const AUDIT_SYSCALLS: &str = "AUDIT_SYSCALLS";
+pub const AUDIT_SYSCALLS_MAX_ENTRIES: u32 = 65_536;
+/// Path-prefix clauses (LPM trie of [`crate::audit::AuditPathKey`]).
+pub const AUDIT_PATHS: &str = "AUDIT_PATHS";
+pub const AUDIT_PATHS_MAX_ENTRIES: u32 = 65_536;
+/// Per-CPU syscall counters ([`crate::audit::AuditCountKey`] → u64).
+pub const AUDIT_COUNTS: &str = "AUDIT_COUNTS";
+pub const AUDIT_COUNTS_MAX_ENTRIES: u32 = 65_536;
+/// Syscall records waiting for their sys_exit (thread id → [`crate::audit::AuditEvent`]).
+pub const AUDIT_INFLIGHT: &str = "AUDIT_INFLIGHT";
+pub const AUDIT_INFLIGHT_MAX_ENTRIES: u32 = 4_096;
+/// Exit status a process passed to exit/exit_group (tgid → status; LRU).
+pub const AUDIT_EXITS: &str = "AUDIT_EXITS";
+pub const AUDIT_EXITS_MAX_ENTRIES: u32 = 16_384;
+/// Per-CPU scratch record (too big for the BPF stack).
+pub const AUDIT_SCRATCH: &str = "AUDIT_SCRATCH";
+/// Syscall and process records ([`crate::audit::AuditEvent`]).
+pub const AUDIT_EVENTS: &str = "AUDIT_EVENTS";
+/// Size of the `AUDIT_EVENTS` ring in bytes (a power of two): about 7,000 full records.
+pub const AUDIT_EVENTS_RING_BYTES: u32 = 8 << 20;
+/// Per-CPU count of audit records lost because `AUDIT_EVENTS` was full.
+pub const AUDIT_LOST: &str = "AUDIT_LOST";
+/// Per-CPU audit counters, indexed by [`crate::audit::AuditStat`].
+pub const AUDIT_STATS: &str = "AUDIT_STATS";
+
 /// Every map the kernel object declares, in the order `berth status` lists them.
 pub const ALL: &[&str] = &[
     XDP_STATS,
@@ -91,4 +120,14 @@ pub const ALL: &[&str] = &[
     EVENTS,
     EVENTS_LOST,
     EVENT_RATE,
+    AUDIT_TARGETS,
+    AUDIT_SYSCALLS,
+    AUDIT_PATHS,
+    AUDIT_COUNTS,
+    AUDIT_INFLIGHT,
+    AUDIT_EXITS,
+    AUDIT_SCRATCH,
+    AUDIT_EVENTS,
+    AUDIT_LOST,
+    AUDIT_STATS,
 ];

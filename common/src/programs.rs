@@ -18,6 +18,31 @@ pub const TC_POD_INGRESS: &str = "tc_pod_ingress";
 /// tc egress on a pod's host-side veth (traffic to the pod): the pod's ingress NetworkPolicy.
 pub const TC_POD_EGRESS: &str = "tc_pod_egress";
 
+/// Syscall entry (`syscalls:sys_enter_<name>`, attached per syscall a rule names): the audit
+/// decision, counters, captures, kills.
+pub const SYS_ENTER: &str = "sys_enter";
+/// Syscall exit (`syscalls:sys_exit_<name>`, for recorded syscalls): adds the return value and
+/// emits the record.
+pub const SYS_EXIT: &str = "sys_exit";
+/// `raw_syscalls:sys_enter`, attached only while some container counts every syscall.
+pub const SYS_ENTER_RAW: &str = "sys_enter_raw";
+/// `sched:sched_process_exec`: exec events of audited containers.
+pub const SYS_PROC_EXEC: &str = "sys_proc_exec";
+/// `sched:sched_process_fork`: fork events (the process tree).
+pub const SYS_PROC_FORK: &str = "sys_proc_fork";
+/// `sched:sched_process_exit`: exit events, and cleanup of a dying thread's pending record.
+pub const SYS_PROC_EXIT: &str = "sys_proc_exit";
+
+/// The audit programs (tracepoints; attached and detached by the agent as rules change).
+pub const AUDIT_PROGRAMS: &[&str] = &[
+    SYS_ENTER,
+    SYS_EXIT,
+    SYS_ENTER_RAW,
+    SYS_PROC_EXEC,
+    SYS_PROC_FORK,
+    SYS_PROC_EXIT,
+];
+
 /// The socket-level load-balancing programs, attached to the cgroup given by `--cgroup`.
 pub const SOCK_PROGRAMS: &[&str] = &[SOCK_CONNECT4, SOCK_SENDMSG4, SOCK_RECVMSG4, SOCK_PEERNAME4];
 
@@ -30,4 +55,10 @@ pub const ALL: &[&str] = &[
     SOCK_PEERNAME4,
     TC_POD_INGRESS,
     TC_POD_EGRESS,
+    SYS_ENTER,
+    SYS_EXIT,
+    SYS_ENTER_RAW,
+    SYS_PROC_EXEC,
+    SYS_PROC_FORK,
+    SYS_PROC_EXIT,
 ];

@@ -56,6 +56,7 @@ pub use eval::{Decision, Explanation, Verdict, evaluate};
 pub use parse::{Objects, parse, parse_objects};
 pub use policy::{
     PeerSelector, Policy, PortMatch, PortSelector, Requirement, Rule, Selector, compile,
+    parse_selector,
 };
 // `compile` at the root is NetworkPolicy → Policy; the table compiler is `tables::compile`.
 pub use tables::{

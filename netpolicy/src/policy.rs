@@ -364,48 +364,70 @@ impl Compiler<'_> {
     }
 
     fn selector(&mut self, s: Option<&LabelSelector>, path: &str) -> Selector {
-        let Some(s) = s else {
-            return Selector::default();
+        parse_selector(s, path).unwrap_or_else(|problems| {
+            for (field, message) in problems {
+                self.problem(&field, message);
+            }
+            // Never used: a policy with problems is not returned.
+            Selector::default()
+        })
+    }
+}
+
+/// Validates a Kubernetes `LabelSelector` found at field `path` (e.g. `spec.podSelector`);
+/// absent is the empty selector, which matches everything. Every problem is reported, as
+/// `(field path, message)`, so that callers with their own error types (other policy kinds
+/// select by labels too) can place them.
+pub fn parse_selector(
+    s: Option<&LabelSelector>,
+    path: &str,
+) -> Result<Selector, Vec<(String, String)>> {
+    let Some(s) = s else {
+        return Ok(Selector::default());
+    };
+    let mut problems = Vec::new();
+    let mut out = Selector {
+        match_labels: s.match_labels.clone().unwrap_or_default(),
+        match_expressions: Vec::new(),
+    };
+    for (i, r) in s.match_expressions.iter().flatten().enumerate() {
+        let field = format!("{path}.matchExpressions[{i}]");
+        let values = r.values.clone().unwrap_or_default();
+        let req = match r.operator.as_str() {
+            "In" | "NotIn" if values.is_empty() => {
+                problems.push((
+                    format!("{field}.values"),
+                    format!("must be non-empty for operator {}", r.operator),
+                ));
+                continue;
+            }
+            "Exists" | "DoesNotExist" if !values.is_empty() => {
+                problems.push((
+                    format!("{field}.values"),
+                    format!("must be empty for operator {}", r.operator),
+                ));
+                continue;
+            }
+            "In" => Requirement::In(r.key.clone(), values),
+            "NotIn" => Requirement::NotIn(r.key.clone(), values),
+            "Exists" => Requirement::Exists(r.key.clone()),
+            "DoesNotExist" => Requirement::DoesNotExist(r.key.clone()),
+            op => {
+                problems.push((
+                    format!("{field}.operator"),
+                    format!(
+                        "unsupported operator {op:?}: must be In, NotIn, Exists or DoesNotExist"
+                    ),
+                ));
+                continue;
+            }
         };
-        let mut out = Selector {
-            match_labels: s.match_labels.clone().unwrap_or_default(),
-            match_expressions: Vec::new(),
-        };
-        for (i, r) in s.match_expressions.iter().flatten().enumerate() {
-            let field = format!("{path}.matchExpressions[{i}]");
-            let values = r.values.clone().unwrap_or_default();
-            let req = match r.operator.as_str() {
-                "In" | "NotIn" if values.is_empty() => {
-                    self.problem(
-                        &format!("{field}.values"),
-                        format!("must be non-empty for operator {}", r.operator),
-                    );
-                    continue;
-                }
-                "Exists" | "DoesNotExist" if !values.is_empty() => {
-                    self.problem(
-                        &format!("{field}.values"),
-                        format!("must be empty for operator {}", r.operator),
-                    );
-                    continue;
-                }
-                "In" => Requirement::In(r.key.clone(), values),
-                "NotIn" => Requirement::NotIn(r.key.clone(), values),
-                "Exists" => Requirement::Exists(r.key.clone()),
-                "DoesNotExist" => Requirement::DoesNotExist(r.key.clone()),
-                op => {
-                    self.problem(
-                        &format!("{field}.operator"),
-                        format!(
-                            "unsupported operator {op:?}: must be In, NotIn, Exists or DoesNotExist"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            out.match_expressions.push(req);
-        }
-        out
+        out.match_expressions.push(req);
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(problems)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::agent::berth_bin;
 /// The busybox applets the network tests use inside containers.
 const APPLETS: &[&str] = &[
     "sh", "true", "sleep", "echo", "cat", "env", "ping", "ip", "nc", "hostname", "readlink",
-    "grep", "wc", "ls", "route", "httpd", "wget", "mkdir", "timeout",
+    "grep", "wc", "ls", "route", "httpd", "wget", "mkdir", "timeout", "chmod",
 ];
 
 /// The image every network test runs.

@@ -84,6 +84,7 @@ pub fn run(keep: bool) -> Result<()> {
 
     containers(&berth)?;
     services(&berth)?;
+    audit(&berth)?;
 
     step("kill -9 the agent: the pinned data plane keeps running without it");
     agent.kill()?;
@@ -131,7 +132,7 @@ fn containers(berth: &str) -> Result<()> {
     std::fs::copy("/bin/busybox", bin.join("busybox")).context("copying /bin/busybox")?;
     for applet in [
         "sh", "echo", "id", "hostname", "cat", "sleep", "ps", "httpd", "wget", "mkdir", "ip",
-        "timeout",
+        "timeout", "chmod", "nc",
     ] {
         let link = bin.join(applet);
         if !link.exists() {
@@ -439,6 +440,110 @@ fn policies(berth: &str, ips: &[String]) -> Result<()> {
         println!("{line}");
     }
     Ok(())
+}
+
+const AUDIT_POLICY: &str = "apiVersion: berth.io/v1alpha1
+kind: AuditPolicy
+metadata: {name: demo}
+spec:
+  selector: {matchLabels: {audit: demo}}
+  rules:
+  - {syscalls: [\"*\"], action: count}
+  - {syscalls: [execve, connect], action: record}
+  - {syscalls: [openat], action: record, match: {pathPrefix: [/etc/]}}
+  - {syscalls: [chmod, fchmodat], action: kill}
+  - {syscalls: [mkdir, mkdirat], action: deny}
+";
+
+/// Syscall auditing: a policy selecting containers labelled audit=demo, a container doing
+/// what it records, kills and denies, its events, its counters and the metrics.
+fn audit(berth: &str) -> Result<()> {
+    let _cleanup = AuditGuard {
+        berth: berth.to_owned(),
+    };
+    step(
+        "berth audit apply: record execve, connect and opens under /etc/, count every syscall, kill chmod, deny mkdir",
+    );
+    println!("{AUDIT_POLICY}");
+    apply_stdin(berth, "audit", AUDIT_POLICY)?;
+    step(
+        "an audited container: cat, a refused connection, chmod (killed at the call), mkdir (EPERM by seccomp)",
+    );
+    let script = "cat /etc/hosts > /dev/null; nc 127.0.0.1 9 < /dev/null; \
+                  echo x > /victim; chmod 600 /victim; echo chmod exit code $?; \
+                  mkdir /denied; echo mkdir exit code $?";
+    let out = Command::new(berth)
+        .args([
+            "run",
+            "--rm",
+            "--name",
+            "audit-demo",
+            "--network",
+            "none",
+            "--label",
+            "audit=demo",
+            "demo/busybox",
+            "/bin/sh",
+            "-c",
+            script,
+        ])
+        .output()?;
+    print!("{}", String::from_utf8_lossy(&out.stdout));
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    if !said.contains("chmod exit code 137") || !said.contains("mkdir exit code 1") {
+        bail!("the audit policy's kill or deny was not enforced");
+    }
+    sh::run(berth, &["audit", "ls"])?;
+    step(
+        "its events (JSON lines, schema berth.event.v1): exec, syscall (with the return value), exit",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let events =
+        sh::output(berth, &["events", "--container", "audit-demo"]).context("berth events")?;
+    let mut shown = 0;
+    for line in events.lines() {
+        let interesting = [
+            "\"type\":\"syscall\"",
+            "\"type\":\"exec\"",
+            "\"type\":\"exit\"",
+        ]
+        .iter()
+        .any(|t| line.contains(t));
+        if interesting && shown < 8 {
+            println!("{line}");
+            shown += 1;
+        }
+    }
+    if shown == 0 {
+        bail!("no syscall events from the audited container");
+    }
+    step("berth stats: per-container syscall counts (from the kernel's per-CPU counters)");
+    sh::run(berth, &["stats", "--once", "--top", "8"])?;
+    let text = sh::output("curl", &["-sf", METRICS]).context("scraping /metrics")?;
+    println!("$ curl -s {METRICS} | grep berth_audit_ (top lines)");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("berth_audit_") && !l.ends_with(" 0") && !l.contains("_bucket"))
+        .take(12)
+    {
+        println!("{line}");
+    }
+    Ok(())
+}
+
+/// Removes the demo's audit policy, also when a step fails.
+struct AuditGuard {
+    berth: String,
+}
+
+impl Drop for AuditGuard {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.berth)
+            .args(["audit", "delete", "demo"])
+            .stdout(Stdio::null())
+            .status();
+    }
 }
 
 /// Removes the demo's policies, also when a step fails.

@@ -68,6 +68,9 @@ fn main() -> Result<()> {
             extra,
         } => {
             setup::run()?;
+            if name == "audit" {
+                setup::install(setup::BENCH_PACKAGES)?;
+            }
             sh::run(
                 "cargo",
                 &[
@@ -83,6 +86,7 @@ fn main() -> Result<()> {
             let mut args: Vec<&str> = match name.as_str() {
                 "services" => vec!["services", "--berth", "target/release/berth"],
                 "policy" => vec!["policy", "--berth", "target/release/berth"],
+                "audit" => vec!["audit", "--berth", "target/release/berth"],
                 _ => vec![
                     &name,
                     "--berth-runc",

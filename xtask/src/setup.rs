@@ -58,6 +58,23 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "image tests pull from a registry on loopback",
     ),
     ("skopeo", "image tests push to that registry"),
+    (
+        "strace",
+        "the audit test checks syscall counts against strace -f -c; audit benchmark baseline",
+    ),
+];
+
+/// Packages only the benchmarks need (`cargo xtask bench audit`): the tracers berth's syscall
+/// auditing is compared with.
+pub const BENCH_PACKAGES: &[(&str, &str)] = &[
+    (
+        "bpftrace",
+        "audit benchmark baselines: the minimal in-kernel counter and printf per event",
+    ),
+    (
+        "auditd",
+        "audit benchmark baseline: auditd rules for the same syscalls",
+    ),
 ];
 
 /// The bpf-linker release this build is verified with.
@@ -78,7 +95,12 @@ fn is_root() -> bool {
 }
 
 fn apt_packages() -> Result<()> {
-    let missing: Vec<&str> = APT_PACKAGES
+    install(APT_PACKAGES)
+}
+
+/// Installs those of `packages` that are missing (root only).
+pub fn install(packages: &[(&str, &str)]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .map(|(name, _)| *name)
         .filter(|name| {
@@ -89,7 +111,7 @@ fn apt_packages() -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    for (name, why) in APT_PACKAGES.iter().filter(|(n, _)| missing.contains(n)) {
+    for (name, why) in packages.iter().filter(|(n, _)| missing.contains(n)) {
         eprintln!("setup: installing {name}: {why}");
     }
     if !is_root() {

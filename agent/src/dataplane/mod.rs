@@ -5,6 +5,7 @@
 //! `kill -9`), and an existing pinned link is switched to the newly loaded program with
 //! `BPF_LINK_UPDATE`, an atomic swap, so traffic never sees the interface without a program.
 
+pub mod audit;
 pub mod containers;
 pub mod inspect;
 pub mod lb;
@@ -78,8 +79,9 @@ pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
 /// so the attached programs) stay in the kernel.
 pub struct Dataplane {
     pub layout: PinLayout,
-    /// Kept alive so the programs stay loaded while the agent runs and their maps stay open.
-    _ebpf: Ebpf,
+    /// The loaded kernel object (kept alive so the programs stay loaded while the agent runs
+    /// and their maps stay open), with the audit programs the agent attaches as rules need.
+    pub tracepoints: audit::Tracepoints,
 }
 
 impl Dataplane {
@@ -125,11 +127,12 @@ impl Dataplane {
 
         sock::attach_all(&mut ebpf, &layout, sock_cgroup)?;
         pods::load_and_pin(&mut ebpf, &layout)?;
+        let tracepoints = audit::Tracepoints::load(ebpf)?;
 
         Ok((
             Self {
                 layout,
-                _ebpf: ebpf,
+                tracepoints,
             },
             logger,
         ))

@@ -389,7 +389,16 @@ impl Engine {
             &[&hostname, &name],
             &mut run,
         )?;
-        let oci = spec::build(&image_config, &run, &rootfs.path()).map_err(|e| anyhow!(e))?;
+        let mut oci = spec::build(&image_config, &run, &rootfs.path()).map_err(|e| anyhow!(e))?;
+        let deny = self.audit_deny(&opts.labels)?;
+        if !deny.is_empty()
+            && let Some(mut linux) = oci.linux().clone()
+        {
+            let merged = spec::merge_deny(linux.seccomp().clone(), &deny)
+                .map_err(|e| anyhow!("applying the audit policies' deny rules: {e}"))?;
+            linux.set_seccomp(Some(merged));
+            oci.set_linux(Some(linux));
+        }
         std::fs::write(dir.join("config.json"), serde_json::to_vec_pretty(&oci)?)?;
         let meta = ContainerMeta {
             id: id.clone(),
@@ -459,11 +468,21 @@ impl Engine {
     /// user, if any (the caller knows where the user's terminal is: a detached container's
     /// monitor writes its own stderr to the container's log).
     fn connect_network(&self, meta: &mut ContainerMeta, pid: i32) -> Result<Option<String>> {
+        // The cgroup exists now: recorded (and the agent told, below) before the process
+        // starts, so syscall auditing sees the container from its first instruction.
+        meta.cgroup_id = self.runtime.state(&meta.id)?.cgroup_id;
+        self.save(meta)?;
         match meta.network_mode {
-            NetworkMode::Host => Ok(None),
-            NetworkMode::None => network::loopback_up(pid)
-                .map(|()| None)
-                .map_err(|e| anyhow!("setting up the container's loopback: {e}")),
+            NetworkMode::Host => {
+                self.notify("create", meta);
+                Ok(None)
+            }
+            NetworkMode::None => {
+                network::loopback_up(pid)
+                    .map_err(|e| anyhow!("setting up the container's loopback: {e}"))?;
+                self.notify("create", meta);
+                Ok(None)
+            }
             NetworkMode::Bridge => {
                 let config = self
                     .container_network(meta)
@@ -802,6 +821,46 @@ impl Engine {
     /// Layer keys used by any container (kept from image garbage collection).
     pub fn layers_in_use(&self) -> Result<HashSet<String>> {
         Ok(self.list()?.into_iter().flat_map(|m| m.layers).collect())
+    }
+
+    /// The `deny` rules of the audit policies that select a container with `labels`, from the
+    /// agent (which owns the rules). No agent listening: none (nothing is audited either; a
+    /// warning says so). An agent that answers with an error fails the run: a container is
+    /// never started without a deny rule it should have.
+    fn audit_deny(&self, labels: &BTreeMap<String, String>) -> Result<Vec<spec::DenyRule>> {
+        if !self.paths.api_socket.exists() {
+            return Ok(Vec::new());
+        }
+        let socket = self.paths.api_socket.clone();
+        let body = serde_json::to_vec(&serde_json::json!({ "labels": labels }))?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let answer = rt.block_on(async {
+            tokio::time::timeout(
+                Duration::from_secs(5),
+                crate::client::request(&socket, "POST", crate::api::paths::AUDIT_DENY, Some(body)),
+            )
+            .await
+        });
+        match answer {
+            Ok(Ok(bytes)) => {
+                #[derive(serde::Deserialize)]
+                struct Answer {
+                    deny: Vec<spec::DenyRule>,
+                }
+                let a: Answer = serde_json::from_slice(&bytes)
+                    .context("decoding the agent's audit deny rules")?;
+                Ok(a.deny)
+            }
+            Ok(Err(crate::client::ClientError::NotRunning { .. })) => {
+                tracing::warn!(socket = %socket.display(),
+                    "no berth agent answers: the container runs without audit (and its deny rules)");
+                Ok(Vec::new())
+            }
+            Ok(Err(e)) => Err(anyhow!("asking the agent for audit deny rules: {e}")),
+            Err(_) => bail!("asking the agent for audit deny rules: no answer within 5 s"),
+        }
     }
 
     /// Best-effort event to a running agent (it never blocks a container for long).

@@ -292,6 +292,93 @@ pub fn resolve_user(user: &str, rootfs: &Path) -> Result<(u32, u32, Vec<u32>), S
     Ok((uid, gid, additional))
 }
 
+/// A syscall the container's audit policies `deny` (from the agent): it fails with EPERM, or
+/// only when its flags argument has any bit of `flags_mask`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
+pub struct DenyRule {
+    pub syscall: String,
+    #[serde(default)]
+    pub flags_arg: Option<u8>,
+    #[serde(default)]
+    pub flags_mask: u64,
+}
+
+/// Adds audit `deny` rules to a container's seccomp profile (none: a profile that allows
+/// everything else). The syscall is taken out of every rule that named it, then:
+/// - unconditional: an ERRNO(EPERM) rule;
+/// - with flags: one ERRNO rule per flag bit (`arg & bit == bit`), and each rule that allowed
+///   the syscall before keeps allowing it when none of the bits is set (`arg & mask == 0`), so
+///   calls without those flags get exactly what they got before.
+///
+/// Errors when a rule that allowed the syscall already compares the flags argument (seccomp
+/// cannot AND two comparisons of one argument in a rule).
+pub fn merge_deny(
+    profile: Option<oci_spec::runtime::LinuxSeccomp>,
+    deny: &[DenyRule],
+) -> Result<oci_spec::runtime::LinuxSeccomp, String> {
+    if deny.is_empty()
+        && let Some(p) = profile
+    {
+        return Ok(p);
+    }
+    let mut v = match profile {
+        Some(p) => serde_json::to_value(p).map_err(|e| e.to_string())?,
+        None => json!({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": []}),
+    };
+    let mut rules: Vec<serde_json::Value> = v["syscalls"].as_array().cloned().unwrap_or_default();
+    for d in deny {
+        let mut previous = Vec::new();
+        for rule in &mut rules {
+            let Some(names) = rule["names"].as_array_mut() else {
+                continue;
+            };
+            let before = names.len();
+            names.retain(|n| n.as_str() != Some(d.syscall.as_str()));
+            if names.len() != before {
+                let mut only = rule.clone();
+                only["names"] = json!([d.syscall]);
+                previous.push(only);
+            }
+        }
+        rules.retain(|r| r["names"].as_array().is_some_and(|n| !n.is_empty()));
+        let errno = |args: serde_json::Value| json!({"names": [d.syscall], "action": "SCMP_ACT_ERRNO", "errnoRet": libc::EPERM, "args": args});
+        match (d.flags_arg, d.flags_mask) {
+            (Some(index), mask) if mask != 0 => {
+                for bit in (0..64).map(|b| 1u64 << b).filter(|b| mask & b != 0) {
+                    rules.push(errno(json!([
+                        {"index": index, "value": bit, "valueTwo": bit, "op": "SCMP_CMP_MASKED_EQ"}
+                    ])));
+                }
+                for mut rule in previous {
+                    let args = rule["args"].as_array().cloned().unwrap_or_default();
+                    if args
+                        .iter()
+                        .any(|a| a["index"].as_u64() == Some(u64::from(index)))
+                    {
+                        return Err(format!(
+                            "the container's seccomp profile already tests argument {index} of \
+                             {} and an audit policy denies it by flags on that argument: seccomp \
+                             cannot combine both; deny it without flags or change the profile",
+                            d.syscall
+                        ));
+                    }
+                    let mut args = args;
+                    args.push(json!({"index": index, "value": mask, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}));
+                    rule["args"] = args.into();
+                    rules.push(rule);
+                }
+            }
+            _ => rules.push(errno(json!([]))),
+        }
+    }
+    v["syscalls"] = rules.into();
+    let merged: oci_spec::runtime::LinuxSeccomp =
+        serde_json::from_value(v).map_err(|e| format!("seccomp profile with deny rules: {e}"))?;
+    berth_runtime::seccomp::validate(&merged).map_err(|e| e.to_string())?;
+    berth_runtime::seccomp::build_filter(&merged).map_err(|e| e.to_string())?;
+    Ok(merged)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -456,5 +543,50 @@ mod tests {
         let err =
             build(&ImageConfig::default(), &RunSpec::default(), dir.path()).expect_err("no cmd");
         assert!(err.contains("no entrypoint or command"), "{err}");
+    }
+
+    #[test]
+    fn deny_rules_merge_into_the_seccomp_profile() {
+        let rule = |syscall: &str, flags_arg, flags_mask| DenyRule {
+            syscall: syscall.into(),
+            flags_arg,
+            flags_mask,
+        };
+        // Unconfined: everything else stays allowed.
+        let p = merge_deny(None, &[rule("ptrace", None, 0)]).expect("merge");
+        let v = serde_json::to_value(&p).expect("json");
+        assert_eq!(v["defaultAction"], "SCMP_ACT_ALLOW");
+        assert_eq!(v["syscalls"][0]["names"], json!(["ptrace"]));
+        assert_eq!(v["syscalls"][0]["action"], "SCMP_ACT_ERRNO");
+
+        // The default profile: the syscall leaves the allow list, calls with the flag fail,
+        // calls without it stay allowed.
+        let default = berth_runtime::seccomp::default_profile(&["CAP_CHOWN"]);
+        let p = merge_deny(Some(default), &[rule("openat", Some(2), 0o100)]).expect("merge");
+        let v = serde_json::to_value(&p).expect("json");
+        let rules: Vec<&serde_json::Value> = v["syscalls"]
+            .as_array()
+            .expect("rules")
+            .iter()
+            .filter(|r| {
+                r["names"]
+                    .as_array()
+                    .expect("names")
+                    .iter()
+                    .any(|n| n == "openat")
+            })
+            .collect();
+        assert_eq!(rules.len(), 2, "{rules:?}");
+        assert_eq!(rules[0]["action"], "SCMP_ACT_ERRNO");
+        assert_eq!(rules[0]["args"][0]["value"], 0o100);
+        assert_eq!(rules[1]["action"], "SCMP_ACT_ALLOW");
+        assert_eq!(rules[1]["args"][0]["valueTwo"], 0);
+        assert_eq!(rules[1]["names"], json!(["openat"]));
+
+        // A profile rule already testing the flags argument cannot be combined.
+        let default = berth_runtime::seccomp::default_profile(&[]);
+        let err = merge_deny(Some(default), &[rule("clone", Some(0), 0x1000_0000)])
+            .expect_err("clone's flags are already tested");
+        assert!(err.contains("argument 0 of clone"), "{err}");
     }
 }

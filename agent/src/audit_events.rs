@@ -1,0 +1,469 @@
+//! Decoding of the `AUDIT_EVENTS` ring into the event stream (`berth.event.v1`):
+//!
+//! - `syscall`: `container` (id, name, labels, pod, namespace, kind), `process` (pid, tid,
+//!   comm, ppid, binary, ancestry), `syscall` (name) and `nr`, `action` (record or kill),
+//!   `args` (named as the kernel's tracepoint format names them; flags also decoded),
+//!   captures (`path`, `argv`, `address`) each with a `*_truncated` mark, and `ret` with
+//!   `error` (the errno name) when negative; a killed call has no `ret` (it was stopped at
+//!   entry). `ret_missing: true` when the pending-call table was full (counted).
+//! - `exec`: `process` with `binary` (the file executed), `argv`, `ppid`, `ancestry`.
+//! - `exit`: `process`, `code` (the status passed to exit/exit_group; null when the process
+//!   was killed by a signal).
+//!
+//! Process ancestry comes from the kernel's fork/exec/exit records of audited containers: a
+//! table of pid → (ppid, binary, argv) the decoder keeps (bounded; a process that started
+//! before its container was audited is looked up in /proc).
+
+use std::{
+    collections::HashMap,
+    net::{Ipv4Addr, Ipv6Addr},
+    path::PathBuf,
+    sync::{Arc, RwLock},
+};
+
+use berth_common::audit::{
+    ACT_KILL, AUDIT_EVENT_FIXED, AuditEvent, EV_ADDR, EV_ARGV, EV_ARGV_TRUNCATED, EV_EXIT_CODE,
+    EV_HAS_RET, EV_NO_RET, EV_PATH, EV_PATH_TRUNCATED, EV_READ_FAULT, EVENT_EXEC, EVENT_EXIT,
+    EVENT_FORK, EVENT_SYSCALL,
+};
+use serde_json::{Map, Value, json};
+
+use crate::{audit::TargetInfo, events::EventHub};
+
+/// Processes the decoder remembers (oldest dropped first beyond this).
+const MAX_PROCESSES: usize = 65_536;
+/// Ancestors listed in an event.
+const MAX_ANCESTRY: usize = 8;
+
+#[derive(Clone, Debug, Default)]
+struct Proc {
+    ppid: u32,
+    binary: String,
+    argv: Vec<String>,
+    /// Insertion order, for bounded eviction.
+    seq: u64,
+}
+
+pub struct AuditDecoder {
+    hub: Arc<EventHub>,
+    targets: Arc<RwLock<HashMap<u64, TargetInfo>>>,
+    procs: HashMap<u32, Proc>,
+    seq: u64,
+    /// Syscall number → argument names and signedness, from the tracepoint's format file.
+    arg_names: HashMap<u32, Vec<(String, Signed)>>,
+    tracefs: PathBuf,
+    offset_ns: u64,
+}
+
+impl AuditDecoder {
+    pub fn new(
+        hub: Arc<EventHub>,
+        targets: Arc<RwLock<HashMap<u64, TargetInfo>>>,
+        offset_ns: u64,
+    ) -> Self {
+        let tracefs = ["/sys/kernel/tracing", "/sys/kernel/debug/tracing"]
+            .into_iter()
+            .map(PathBuf::from)
+            .find(|p| p.join("events").exists())
+            .unwrap_or_else(|| PathBuf::from("/sys/kernel/tracing"));
+        Self {
+            hub,
+            targets,
+            procs: HashMap::new(),
+            seq: 0,
+            arg_names: HashMap::new(),
+            tracefs,
+            offset_ns,
+        }
+    }
+
+    pub fn decode(&mut self, bytes: &[u8]) {
+        if bytes.len() < AUDIT_EVENT_FIXED {
+            return;
+        }
+        // Short records are the fixed part; the rest reads as zeros.
+        // SAFETY: all-zero is a valid `AuditEvent` (integers and arrays only).
+        let mut ev: AuditEvent = unsafe { std::mem::zeroed() };
+        let n = bytes.len().min(size_of::<AuditEvent>());
+        // SAFETY: `AuditEvent` is plain integers and arrays (every bit pattern valid); `n`
+        // bytes fit both buffers.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                std::ptr::from_mut(&mut ev).cast::<u8>(),
+                n,
+            )
+        };
+        match ev.header.kind {
+            EVENT_FORK => {
+                let child = ev.args[0] as u32;
+                let parent = self.procs.get(&ev.pid).cloned().unwrap_or_default();
+                self.remember(
+                    child,
+                    Proc {
+                        ppid: ev.pid,
+                        binary: parent.binary,
+                        argv: parent.argv,
+                        seq: 0,
+                    },
+                );
+            }
+            EVENT_EXEC => self.exec(&ev),
+            EVENT_EXIT => self.exit(&ev),
+            EVENT_SYSCALL => self.syscall(&ev),
+            other => tracing::debug!(kind = other, "unknown audit record"),
+        }
+    }
+
+    fn remember(&mut self, pid: u32, mut p: Proc) {
+        self.seq += 1;
+        p.seq = self.seq;
+        if self.procs.len() >= MAX_PROCESSES && !self.procs.contains_key(&pid) {
+            // Drop the oldest eighth at once (amortized).
+            let mut seqs: Vec<u64> = self.procs.values().map(|p| p.seq).collect();
+            seqs.sort_unstable();
+            let cut = seqs[MAX_PROCESSES / 8];
+            self.procs.retain(|_, p| p.seq > cut);
+        }
+        self.procs.insert(pid, p);
+    }
+
+    fn time(&self, ev: &AuditEvent) -> String {
+        berth_runtime::state::rfc3339_micros(ev.header.ts_ns.saturating_add(self.offset_ns))
+    }
+
+    fn container(&self, ev: &AuditEvent) -> Value {
+        let t = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        match t.get(&ev.cgroup_id) {
+            Some(info) => info.to_json(),
+            None => json!({ "cgroup_id": ev.cgroup_id }),
+        }
+    }
+
+    /// The process object: pid, tid, comm, ppid, binary, ancestry.
+    fn process(&self, ev: &AuditEvent) -> Value {
+        let mut m = Map::new();
+        m.insert("pid".into(), ev.pid.into());
+        m.insert("tid".into(), ev.tid.into());
+        m.insert("comm".into(), cstr(&ev.comm).into());
+        let me = self.procs.get(&ev.pid);
+        let ppid = me.map(|p| p.ppid).or_else(|| proc_ppid(ev.pid));
+        m.insert("ppid".into(), ppid.into());
+        if let Some(p) = me {
+            m.insert("binary".into(), p.binary.clone().into());
+        }
+        let mut ancestry = Vec::new();
+        let mut cur = ppid;
+        while let Some(pid) = cur {
+            if ancestry.len() == MAX_ANCESTRY || pid == 0 {
+                break;
+            }
+            match self.procs.get(&pid) {
+                Some(p) => {
+                    ancestry.push(json!({ "pid": pid, "binary": p.binary }));
+                    cur = Some(p.ppid);
+                }
+                None => {
+                    // Outside what the decoder saw (the container's parent: the runtime).
+                    ancestry.push(json!({ "pid": pid, "binary": proc_exe(pid) }));
+                    break;
+                }
+            }
+        }
+        m.insert("ancestry".into(), ancestry.into());
+        Value::Object(m)
+    }
+
+    fn exec(&mut self, ev: &AuditEvent) {
+        let binary = if ev.flags & EV_PATH != 0 {
+            cstr(&ev.path)
+        } else {
+            String::new()
+        };
+        let argv = argv_of(ev);
+        let ppid = self
+            .procs
+            .get(&ev.pid)
+            .map(|p| p.ppid)
+            .or_else(|| proc_ppid(ev.pid))
+            .unwrap_or(0);
+        self.remember(
+            ev.pid,
+            Proc {
+                ppid,
+                binary: binary.clone(),
+                argv: argv.clone(),
+                seq: 0,
+            },
+        );
+        let mut process = self.process(ev);
+        process["argv"] = argv.into();
+        process["argv_truncated"] = (ev.flags & EV_ARGV_TRUNCATED != 0).into();
+        process["binary_truncated"] = (ev.flags & EV_PATH_TRUNCATED != 0).into();
+        self.hub.publish(
+            "exec",
+            json!({
+                "time": self.time(ev),
+                "container": self.container(ev),
+                "process": process,
+                "old_pid": ev.args[0] as u32,
+            }),
+        );
+    }
+
+    fn exit(&mut self, ev: &AuditEvent) {
+        let mut process = self.process(ev);
+        if let Some(p) = self.procs.get(&ev.pid) {
+            process["argv"] = p.argv.clone().into();
+        }
+        self.hub.publish(
+            "exit",
+            json!({
+                "time": self.time(ev),
+                "container": self.container(ev),
+                "process": process,
+                "code": (ev.flags & EV_EXIT_CODE != 0).then_some(ev.code),
+            }),
+        );
+        self.procs.remove(&ev.pid);
+    }
+
+    fn syscall(&mut self, ev: &AuditEvent) {
+        let name = berth_audit::syscall_name(ev.nr).unwrap_or_else(|| format!("syscall_{}", ev.nr));
+        let arg_names = self.arg_names(ev.nr).to_vec();
+        let mut args = Map::new();
+        for (i, (n, signed)) in arg_names.iter().enumerate().take(6) {
+            // Signed arguments (`int dfd`, `pid_t pid`) as the caller passed them (-100, not
+            // 4294967196).
+            let v = match signed {
+                Signed::Int => json!(ev.args[i] as i32),
+                Signed::Long => json!(ev.args[i] as i64),
+                Signed::No => json!(ev.args[i]),
+            };
+            args.insert(n.clone(), v);
+        }
+        let plan = berth_audit::Capture::of(ev.nr);
+        if let (Some(i), Some(family)) = (plan.flags_arg, plan.flags_family)
+            && !plan.flags_in_struct
+            && let Some((n, _)) = arg_names.get(i as usize)
+        {
+            args.insert(
+                format!("{n}_names"),
+                json!(berth_audit::flag_names(family, ev.args[i as usize])),
+            );
+        }
+        let mut m = Map::new();
+        m.insert("time".into(), self.time(ev).into());
+        m.insert("container".into(), self.container(ev));
+        m.insert("process".into(), self.process(ev));
+        m.insert("syscall".into(), name.into());
+        m.insert("nr".into(), ev.nr.into());
+        m.insert(
+            "action".into(),
+            if ev.actions & ACT_KILL != 0 {
+                "kill"
+            } else {
+                "record"
+            }
+            .into(),
+        );
+        m.insert("args".into(), Value::Object(args));
+        if ev.flags & EV_PATH != 0 {
+            m.insert("path".into(), cstr(&ev.path).into());
+            m.insert(
+                "path_truncated".into(),
+                (ev.flags & EV_PATH_TRUNCATED != 0).into(),
+            );
+        }
+        if ev.flags & EV_ARGV != 0 {
+            m.insert("argv".into(), argv_of(ev).into());
+            m.insert(
+                "argv_truncated".into(),
+                (ev.flags & EV_ARGV_TRUNCATED != 0).into(),
+            );
+        }
+        if ev.flags & EV_ADDR != 0 {
+            m.insert(
+                "address".into(),
+                sockaddr(&ev.addr[..usize::from(ev.addr_len).min(ev.addr.len())]),
+            );
+        }
+        if ev.flags & EV_READ_FAULT != 0 {
+            m.insert("read_fault".into(), true.into());
+        }
+        if ev.flags & EV_HAS_RET != 0 {
+            m.insert("ret".into(), ev.ret.into());
+            if ev.ret < 0 && ev.ret > -4096 {
+                m.insert(
+                    "error".into(),
+                    nix::errno::Errno::from_raw(-ev.ret as i32)
+                        .to_string()
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .into(),
+                );
+            }
+        }
+        if ev.flags & EV_NO_RET != 0 {
+            m.insert("ret_missing".into(), true.into());
+        }
+        self.hub.publish("syscall", Value::Object(m));
+    }
+
+    /// The syscall's argument names from `syscalls/sys_enter_<name>/format` (cached).
+    fn arg_names(&mut self, nr: u32) -> &[(String, Signed)] {
+        let tracefs = self.tracefs.clone();
+        self.arg_names.entry(nr).or_insert_with(|| {
+            let Some(tp) = crate::audit::syscall_tracepoint(&tracefs, nr, "enter") else {
+                return Vec::new();
+            };
+            let format =
+                std::fs::read_to_string(tracefs.join("events/syscalls").join(tp).join("format"))
+                    .unwrap_or_default();
+            format.lines().filter_map(format_field).collect()
+        })
+    }
+}
+
+/// How an argument reads as a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    No,
+    Int,
+    Long,
+}
+
+/// `field:int dfd;\toffset:16;\tsize:8;\tsigned:0;` → ("dfd", Int); None for the common
+/// fields and `__syscall_nr`.
+fn format_field(line: &str) -> Option<(String, Signed)> {
+    let decl = line.trim().strip_prefix("field:")?.split(';').next()?;
+    let name = decl.rsplit([' ', '*']).next()?;
+    if name.starts_with("common_") || name == "__syscall_nr" {
+        return None;
+    }
+    let ty = decl[..decl.len() - name.len()].trim();
+    let signed = match ty {
+        "int" | "pid_t" | "key_serial_t" | "clockid_t" | "timer_t" => Signed::Int,
+        "long" | "off_t" | "loff_t" => Signed::Long,
+        _ => Signed::No,
+    };
+    Some((name.to_owned(), signed))
+}
+
+fn cstr(bytes: &[u8]) -> String {
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).into_owned()
+}
+
+fn argv_of(ev: &AuditEvent) -> Vec<String> {
+    if ev.flags & EV_ARGV == 0 {
+        return Vec::new();
+    }
+    let used = usize::from(ev.argv_len).min(ev.argv.len());
+    let mut out: Vec<String> = ev.argv[..used]
+        .split(|b| *b == 0)
+        .map(|s| String::from_utf8_lossy(s).into_owned())
+        .collect();
+    // The buffer ends with the last string's NUL: drop the empty tail it splits into.
+    if ev.argv[..used].last() == Some(&0) {
+        out.pop();
+    }
+    out
+}
+
+/// A `struct sockaddr` as JSON: inet/inet6 with ip and port, unix with its path.
+fn sockaddr(b: &[u8]) -> Value {
+    if b.len() < 2 {
+        return Value::Null;
+    }
+    let family = u16::from_ne_bytes([b[0], b[1]]);
+    match i32::from(family) {
+        libc::AF_INET if b.len() >= 8 => json!({
+            "family": "inet",
+            "ip": Ipv4Addr::new(b[4], b[5], b[6], b[7]).to_string(),
+            "port": u16::from_be_bytes([b[2], b[3]]),
+        }),
+        libc::AF_INET6 if b.len() >= 24 => {
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&b[8..24]);
+            json!({
+                "family": "inet6",
+                "ip": Ipv6Addr::from(ip).to_string(),
+                "port": u16::from_be_bytes([b[2], b[3]]),
+            })
+        }
+        libc::AF_UNIX => json!({ "family": "unix", "path": cstr(&b[2..]) }),
+        f => json!({ "family": f }),
+    }
+}
+
+fn proc_ppid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("PPid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+fn proc_exe(pid: u32) -> Option<String> {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .ok()
+        .map(|p| p.display().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_inet_and_unix_addresses() {
+        let mut v4 = [0u8; 16];
+        v4[..2].copy_from_slice(&(libc::AF_INET as u16).to_ne_bytes());
+        v4[2..4].copy_from_slice(&8080u16.to_be_bytes());
+        v4[4..8].copy_from_slice(&[10, 1, 2, 3]);
+        assert_eq!(
+            sockaddr(&v4),
+            json!({"family": "inet", "ip": "10.1.2.3", "port": 8080})
+        );
+        let mut un = vec![0u8; 2];
+        un[..2].copy_from_slice(&(libc::AF_UNIX as u16).to_ne_bytes());
+        un.extend_from_slice(b"/run/x.sock\0");
+        assert_eq!(
+            sockaddr(&un),
+            json!({"family": "unix", "path": "/run/x.sock"})
+        );
+    }
+
+    #[test]
+    fn reads_argument_names_and_signedness_from_the_format() {
+        assert_eq!(
+            format_field("\tfield:int dfd;\toffset:16;\tsize:8;\tsigned:0;"),
+            Some(("dfd".into(), Signed::Int))
+        );
+        assert_eq!(
+            format_field("\tfield:const char * filename;\toffset:24;\tsize:8;\tsigned:0;"),
+            Some(("filename".into(), Signed::No))
+        );
+        assert_eq!(
+            format_field("\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;"),
+            None
+        );
+        assert_eq!(
+            format_field("\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;"),
+            None
+        );
+    }
+
+    #[test]
+    fn splits_argv_and_keeps_empty_arguments() {
+        // SAFETY: all-zero is a valid AuditEvent.
+        let mut ev: AuditEvent = unsafe { std::mem::zeroed() };
+        let raw = b"sh\0-c\0\0echo hi\0";
+        ev.argv[..raw.len()].copy_from_slice(raw);
+        ev.argv_len = raw.len() as u16;
+        ev.argc = 4;
+        ev.flags = EV_ARGV;
+        assert_eq!(argv_of(&ev), vec!["sh", "-c", "", "echo hi"]);
+    }
+}
