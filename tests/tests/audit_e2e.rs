@@ -522,3 +522,104 @@ spec:
         .berth(&["audit", "remove-cgroup", &cgroup.0.to_string_lossy()]);
     assert!(out.status.success(), "remove-cgroup: {}", text(&out.stderr));
 }
+
+#[test]
+fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
+    if !require_root("enforcement_goes_on_while_the_agent_is_down_and_after_a_restart") {
+        return;
+    }
+    let mut s = Setup::start("auditrestart", 63);
+    s.apply(POLICY);
+    s.env
+        .run_detached(
+            "long",
+            &["--network", "none", "--label", "audit=yes"],
+            &["/bin/sh", "-c", "exec sleep 100000"],
+        )
+        .expect("run");
+    let chmod = |s: &Setup| -> String {
+        let (_, out, err) = s.env.exec(
+            "long",
+            &["/bin/sh", "-c", "echo x > /v; chmod 600 /v; echo chmod=$?"],
+        );
+        out + &err
+    };
+    assert!(
+        chmod(&s).contains("chmod=137"),
+        "not killed with the agent up"
+    );
+    // The attachments are pinned bpf_links, like the rest of the data plane.
+    let links: Vec<String> = std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+        .expect("links dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(
+        links
+            .iter()
+            .any(|l| l == "sys_enter@syscalls:sys_enter_chmod"),
+        "{links:?}"
+    );
+
+    s.agent.signal(libc::SIGKILL).expect("kill -9");
+    let _ = s.agent.wait(Duration::from_secs(5));
+    assert!(
+        chmod(&s).contains("chmod=137"),
+        "the kill rule stopped with the agent"
+    );
+
+    let root = s.env.root().to_string_lossy().into_owned();
+    s.agent = AgentProcess::start(
+        &s.agent.paths,
+        &["--pod-cidr", &s.env.subnet, "--engine-root", &root],
+    )
+    .expect("restart");
+    assert!(
+        chmod(&s).contains("chmod=137"),
+        "not killed after the restart"
+    );
+    // The kill made while the agent was down waited in the pinned ring: the restarted agent
+    // reports it, and the one after the restart.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let kills = s
+            .events("syscall")
+            .iter()
+            .filter(|e| e["action"] == "kill")
+            .count();
+        if kills >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{kills} kill events after the restart, expected 2:\n{}",
+            s.agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // One pin per attachment still (the restart replaced the links, it did not add any).
+    let after: Vec<String> = std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+        .expect("links dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("sys_"))
+        .collect();
+    let before: Vec<&String> = links.iter().filter(|n| n.starts_with("sys_")).collect();
+    assert_eq!(after.len(), before.len(), "{after:?} vs {before:?}");
+
+    // Removing the container detaches everything.
+    let out = s.env.berth(&["rm", "-f", "long"]);
+    assert!(out.status.success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+        .expect("links dir")
+        .filter_map(|e| e.ok())
+        .any(|e| e.file_name().to_string_lossy().starts_with("sys_"))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "tracepoints stayed attached after the last audited container left"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

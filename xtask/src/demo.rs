@@ -471,11 +471,12 @@ fn audit(berth: &str) -> Result<()> {
     );
     let script = "cat /etc/hosts > /dev/null; nc 127.0.0.1 9 < /dev/null; \
                   echo x > /victim; chmod 600 /victim; echo chmod exit code $?; \
-                  mkdir /denied; echo mkdir exit code $?";
-    let out = Command::new(berth)
-        .args([
+                  mkdir /denied; echo mkdir exit code $?; exec sleep 1000";
+    sh::run(
+        berth,
+        &[
             "run",
-            "--rm",
+            "-d",
             "--name",
             "audit-demo",
             "--network",
@@ -486,11 +487,17 @@ fn audit(berth: &str) -> Result<()> {
             "/bin/sh",
             "-c",
             script,
-        ])
-        .output()?;
-    print!("{}", String::from_utf8_lossy(&out.stdout));
-    eprint!("{}", String::from_utf8_lossy(&out.stderr));
-    let said = String::from_utf8_lossy(&out.stdout);
+        ],
+    )?;
+    let mut said = String::new();
+    for _ in 0..50 {
+        said = sh::output(berth, &["logs", "audit-demo"]).unwrap_or_default();
+        if said.contains("mkdir exit code") {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    print!("{said}");
     if !said.contains("chmod exit code 137") || !said.contains("mkdir exit code 1") {
         bail!("the audit policy's kill or deny was not enforced");
     }
@@ -539,6 +546,10 @@ struct AuditGuard {
 
 impl Drop for AuditGuard {
     fn drop(&mut self) {
+        let _ = Command::new(&self.berth)
+            .args(["rm", "-f", "audit-demo"])
+            .stdout(Stdio::null())
+            .status();
         let _ = Command::new(&self.berth)
             .args(["audit", "delete", "demo"])
             .stdout(Stdio::null())

@@ -9,7 +9,10 @@
 //! Tracepoints are attached only where some rule needs them (a tracepoint costs every caller of
 //! its syscall on the machine, audited or not) and detached when no rule does any more.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap as StdHashMap};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap as StdHashMap},
+    path::PathBuf,
+};
 
 use aya::{
     Ebpf,
@@ -17,7 +20,7 @@ use aya::{
         HashMap, Map, MapData, MapError, PerCpuHashMap, PerCpuValues,
         lpm_trie::{Key, LpmTrie},
     },
-    programs::{TracePoint, trace_point::TracePointLinkId},
+    programs::{TracePoint, links::FdLink},
 };
 use berth_common::{
     audit::{
@@ -254,31 +257,102 @@ impl std::fmt::Display for Attachment {
     }
 }
 
-/// The audit programs, loaded, and their current attachments. Owns the loaded kernel object
-/// (aya keeps programs inside it).
+/// The audit programs, loaded, and their attachments. Each attachment is a perf-event
+/// bpf_link pinned at `<pin root>/links/<program>@<category>:<tracepoint>`, so auditing (and
+/// its kills) goes on while the agent is stopped or restarting, like the rest of the data
+/// plane. Owns the loaded kernel object (aya keeps programs inside it).
 pub struct Tracepoints {
     ebpf: Ebpf,
-    attached: BTreeMap<Attachment, TracePointLinkId>,
+    layout: PinLayout,
+    /// Attachments made by this agent: pinned, and held open.
+    attached: BTreeMap<Attachment, FdLink>,
+    /// Pins of a previous agent's attachments (its programs, still running), replaced by this
+    /// agent's on the first [`Tracepoints::set`].
+    inherited: BTreeMap<Attachment, PathBuf>,
 }
 
 impl Tracepoints {
-    /// Loads the audit programs of `ebpf` (attaching nothing yet).
-    pub fn load(mut ebpf: Ebpf) -> Result<Self, DataplaneError> {
+    /// Loads the audit programs of `ebpf` (attaching nothing yet) and notes the attachments a
+    /// previous agent pinned.
+    pub fn load(mut ebpf: Ebpf, layout: &PinLayout) -> Result<Self, DataplaneError> {
         for name in programs::AUDIT_PROGRAMS {
             super::loaded_program::<TracePoint>(&mut ebpf, name, TracePoint::load)?;
         }
+        let mut inherited = BTreeMap::new();
+        for (program, target, path) in layout.links().unwrap_or_default() {
+            let Some(program) = programs::AUDIT_PROGRAMS.iter().find(|p| **p == program) else {
+                continue;
+            };
+            if let Some((category, name)) = target.split_once(':') {
+                inherited.insert(
+                    Attachment {
+                        program,
+                        category: category.to_owned(),
+                        name: name.to_owned(),
+                    },
+                    path,
+                );
+            }
+        }
         Ok(Self {
             ebpf,
+            layout: layout.clone(),
             attached: BTreeMap::new(),
+            inherited,
         })
     }
 
+    /// What is attached (by this agent, or still by the previous one).
     pub fn attached(&self) -> impl Iterator<Item = &Attachment> {
-        self.attached.keys()
+        self.attached.keys().chain(
+            self.inherited
+                .keys()
+                .filter(|a| !self.attached.contains_key(*a)),
+        )
     }
 
-    /// Attaches what `want` adds and detaches what it drops. Attaching first: a change never
-    /// leaves a gap in what is audited. On an error the attachments made so far stay (the
+    fn pin_path(&self, a: &Attachment) -> PathBuf {
+        self.layout
+            .link(a.program, &format!("{}:{}", a.category, a.name))
+    }
+
+    /// Attaches `a` and pins the link. A previous agent's pin of the same attachment is
+    /// replaced by a rename over it: the new program is attached before the old one is
+    /// detached, so no call goes unaudited during a restart (one may be seen twice).
+    fn attach(&mut self, a: &Attachment) -> Result<FdLink, AuditMapError> {
+        let err = |detail: String| AuditMapError::Attach {
+            program: a.program,
+            category: a.category.clone(),
+            name: a.name.clone(),
+            detail,
+        };
+        let program: &mut TracePoint =
+            super::typed_program(&mut self.ebpf, a.program).map_err(|e| err(e.to_string()))?;
+        let id = program
+            .attach(&a.category, &a.name)
+            .map_err(|e| err(e.to_string()))?;
+        let link = program.take_link(id).map_err(|e| err(e.to_string()))?;
+        let fd_link = FdLink::try_from(link).map_err(|e| {
+            err(format!(
+                "the kernel attached without a bpf_link ({e}); cannot pin it"
+            ))
+        })?;
+        let pin = self.pin_path(a);
+        // bpffs refuses dots in names: the temporary pin is `<pin>_new`.
+        let mut tmp = pin.clone().into_os_string();
+        tmp.push("_new");
+        let tmp = PathBuf::from(tmp);
+        let _ = std::fs::remove_file(&tmp);
+        let pinned = fd_link
+            .pin(&tmp)
+            .map_err(|e| err(format!("pinning {}: {e}", tmp.display())))?;
+        std::fs::rename(&tmp, &pin).map_err(|e| err(format!("pinning {}: {e}", pin.display())))?;
+        self.inherited.remove(a);
+        Ok(pinned.into())
+    }
+
+    /// Attaches what `want` adds and detaches what it drops (attaching first: a change never
+    /// leaves a gap in what is audited). On an error the attachments made so far stay (the
     /// caller's next reconcile retries).
     pub fn set(&mut self, want: &BTreeSet<Attachment>) -> Result<(usize, usize), AuditMapError> {
         let mut added = 0;
@@ -286,38 +360,40 @@ impl Tracepoints {
             if self.attached.contains_key(a) {
                 continue;
             }
-            let program: &mut TracePoint = super::typed_program(&mut self.ebpf, a.program)
-                .map_err(|e| AuditMapError::Attach {
-                    program: a.program,
-                    category: a.category.clone(),
-                    name: a.name.clone(),
-                    detail: e.to_string(),
-                })?;
-            let id = program
-                .attach(&a.category, &a.name)
-                .map_err(|e| AuditMapError::Attach {
-                    program: a.program,
-                    category: a.category.clone(),
-                    name: a.name.clone(),
-                    detail: e.to_string(),
-                })?;
-            self.attached.insert(a.clone(), id);
+            let link = self.attach(a)?;
+            self.attached.insert(a.clone(), link);
             added += 1;
         }
+        let mut removed = 0;
         let drop: Vec<Attachment> = self
             .attached
             .keys()
             .filter(|a| !want.contains(*a))
             .cloned()
             .collect();
-        for a in &drop {
-            if let Some(id) = self.attached.remove(a)
-                && let Ok(program) = super::typed_program::<TracePoint>(&mut self.ebpf, a.program)
-                && let Err(e) = program.detach(id)
+        for a in drop {
+            let pin = self.pin_path(&a);
+            if let Err(e) = std::fs::remove_file(&pin)
+                && e.kind() != std::io::ErrorKind::NotFound
             {
-                tracing::warn!(attachment = %a, error = %e, "detaching a tracepoint");
+                tracing::warn!(attachment = %a, error = %e, "unpinning a tracepoint link");
             }
+            // Closing our fd drops the last reference: the program is detached.
+            self.attached.remove(&a);
+            removed += 1;
         }
-        Ok((added, drop.len()))
+        // A previous agent's attachment that no rule needs any more.
+        let stale: Vec<(Attachment, PathBuf)> = self
+            .inherited
+            .iter()
+            .filter(|(a, _)| !want.contains(*a))
+            .map(|(a, p)| (a.clone(), p.clone()))
+            .collect();
+        for (a, path) in stale {
+            let _ = std::fs::remove_file(&path);
+            self.inherited.remove(&a);
+            removed += 1;
+        }
+        Ok((added, removed))
     }
 }

@@ -127,7 +127,7 @@ impl Dataplane {
 
         sock::attach_all(&mut ebpf, &layout, sock_cgroup)?;
         pods::load_and_pin(&mut ebpf, &layout)?;
-        let tracepoints = audit::Tracepoints::load(ebpf)?;
+        let tracepoints = audit::Tracepoints::load(ebpf, &layout)?;
 
         Ok((
             Self {
