@@ -51,6 +51,8 @@ pub struct AuditDecoder {
     seq: u64,
     /// Syscall number → argument names and signedness, from the tracepoint's format file.
     arg_names: HashMap<u32, Vec<(String, Signed)>>,
+    /// Syscall number → name (libseccomp's lookup, cached).
+    names: HashMap<u32, String>,
     tracefs: PathBuf,
     offset_ns: u64,
 }
@@ -72,6 +74,7 @@ impl AuditDecoder {
             procs: HashMap::new(),
             seq: 0,
             arg_names: HashMap::new(),
+            names: HashMap::new(),
             tracefs,
             offset_ns,
         }
@@ -140,38 +143,49 @@ impl AuditDecoder {
         }
     }
 
-    /// The process object: pid, tid, comm, ppid, binary, ancestry.
-    fn process(&self, ev: &AuditEvent) -> Value {
-        let mut m = Map::new();
-        m.insert("pid".into(), ev.pid.into());
-        m.insert("tid".into(), ev.tid.into());
-        m.insert("comm".into(), cstr(&ev.comm).into());
+    /// Makes sure `pid` is in the table: a process the decoder has not seen start (there
+    /// before its container was audited, or an ancestor outside it such as the runtime) is
+    /// looked up in /proc once, then remembered.
+    fn known(&mut self, pid: u32) {
+        if pid == 0 || self.procs.contains_key(&pid) {
+            return;
+        }
+        let p = Proc {
+            ppid: proc_ppid(pid).unwrap_or(0),
+            binary: proc_exe(pid).unwrap_or_default(),
+            argv: Vec::new(),
+            seq: 0,
+        };
+        self.remember(pid, p);
+    }
+
+    /// The process object: pid, tid, comm, ppid, binary, ancestry (up to [`MAX_ANCESTRY`]
+    /// ancestors, nearest first).
+    fn process(&mut self, ev: &AuditEvent) -> Value {
+        self.known(ev.pid);
+        let mut chain = Vec::new();
+        let mut cur = self.procs.get(&ev.pid).map_or(0, |p| p.ppid);
+        while cur != 0 && chain.len() < MAX_ANCESTRY && !chain.contains(&cur) {
+            self.known(cur);
+            chain.push(cur);
+            cur = self.procs.get(&cur).map_or(0, |p| p.ppid);
+        }
         let me = self.procs.get(&ev.pid);
-        let ppid = me.map(|p| p.ppid).or_else(|| proc_ppid(ev.pid));
-        m.insert("ppid".into(), ppid.into());
-        if let Some(p) = me {
-            m.insert("binary".into(), p.binary.clone().into());
-        }
-        let mut ancestry = Vec::new();
-        let mut cur = ppid;
-        while let Some(pid) = cur {
-            if ancestry.len() == MAX_ANCESTRY || pid == 0 {
-                break;
-            }
-            match self.procs.get(&pid) {
-                Some(p) => {
-                    ancestry.push(json!({ "pid": pid, "binary": p.binary }));
-                    cur = Some(p.ppid);
-                }
-                None => {
-                    // Outside what the decoder saw (the container's parent: the runtime).
-                    ancestry.push(json!({ "pid": pid, "binary": proc_exe(pid) }));
-                    break;
-                }
-            }
-        }
-        m.insert("ancestry".into(), ancestry.into());
-        Value::Object(m)
+        let ancestry: Vec<Value> = chain
+            .iter()
+            .map(|pid| {
+                let binary = self.procs.get(pid).map(|p| p.binary.clone());
+                json!({ "pid": pid, "binary": binary })
+            })
+            .collect();
+        json!({
+            "pid": ev.pid,
+            "tid": ev.tid,
+            "comm": cstr(&ev.comm),
+            "ppid": me.map(|p| p.ppid).filter(|p| *p != 0),
+            "binary": me.map(|p| p.binary.clone()),
+            "ancestry": ancestry,
+        })
     }
 
     fn exec(&mut self, ev: &AuditEvent) {
@@ -229,7 +243,13 @@ impl AuditDecoder {
     }
 
     fn syscall(&mut self, ev: &AuditEvent) {
-        let name = berth_audit::syscall_name(ev.nr).unwrap_or_else(|| format!("syscall_{}", ev.nr));
+        let name = self
+            .names
+            .entry(ev.nr)
+            .or_insert_with(|| {
+                berth_audit::syscall_name(ev.nr).unwrap_or_else(|| format!("syscall_{}", ev.nr))
+            })
+            .clone();
         let arg_names = self.arg_names(ev.nr).to_vec();
         let mut args = Map::new();
         for (i, (n, signed)) in arg_names.iter().enumerate().take(6) {
