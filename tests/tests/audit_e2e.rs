@@ -128,17 +128,27 @@ spec:
 "#;
 
 /// The workload: busybox's shell runs each applet in a child (cat and nc through execve of
-/// /proc/self/exe, chmod and mkdir forked without exec).
-const WORKLOAD: &str = "cat /etc/hosts; nc 127.0.0.1 7001; echo nc=$?; \
-     echo x > /victim; chmod 600 /victim; echo chmod=$?; \
-     mkdir /denied; echo mkdir=$?; exit 0";
+/// /proc/self/exe, chmod and mkdir forked without exec). The last cat names a file whose path
+/// is longer than the capture buffers (path 256 bytes, one argv string 256 bytes).
+fn workload() -> String {
+    format!(
+        "cat /etc/hosts; nc 127.0.0.1 7001; echo nc=$?; \
+         echo x > /victim; chmod 600 /victim; echo chmod=$?; \
+         mkdir /denied; echo mkdir=$?; cat /etc/{} 2>/dev/null; exit 0",
+        LONG_NAME
+    )
+}
+
+/// 300 bytes: more than any capture buffer holds.
+const LONG_NAME: &str = "llllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllllll";
 
 fn run_workload(s: &Setup, name: &str, labels: &[&str]) -> String {
     let mut args = vec!["run", "--name", name, "--network", "none"];
     for l in labels {
         args.extend(["--label", l]);
     }
-    args.extend([berth_tests::network::IMAGE, "/bin/sh", "-c", WORKLOAD]);
+    let script = workload();
+    args.extend([berth_tests::network::IMAGE, "/bin/sh", "-c", &script]);
     let out = s.env.berth(&args);
     assert!(
         out.status.success(),
@@ -189,10 +199,18 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
     let sh = s.wait_event("exec", "of the container's shell", |e| {
         str_of(e, "/container/name") == "audited" && str_of(e, "/process/binary") == "/bin/sh"
     });
+    // The script is longer than one argv string's buffer: cut and marked.
+    let argv = sh["process"]["argv"].as_array().expect("argv");
     assert_eq!(
-        sh["process"]["argv"],
-        serde_json::json!(["/bin/sh", "-c", WORKLOAD])
+        argv[..2],
+        [serde_json::json!("/bin/sh"), serde_json::json!("-c")]
     );
+    let captured = argv[2].as_str().expect("script");
+    assert!(
+        workload().starts_with(captured) && captured.len() == 255,
+        "{captured}"
+    );
+    assert_eq!(sh["process"]["argv_truncated"], true);
     assert_eq!(sh["container"]["labels"]["audit"], "yes");
     assert_eq!(sh["container"]["kind"], "container");
     assert_eq!(sh["schema"], "berth.event.v1");
@@ -247,6 +265,23 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
             assert!(p.starts_with("/etc/"), "openat outside /etc/ recorded: {e}");
         }
     }
+
+    // A path longer than the capture buffer: cut to 255 bytes and marked; so is the argv
+    // string naming it.
+    let long = s.wait_event("syscall", "openat of the long path", |e| {
+        e["syscall"] == "openat" && e["path"].as_str().is_some_and(|p| p.contains("lllll"))
+    });
+    let path = long["path"].as_str().expect("path");
+    assert_eq!(path.len(), 255, "{path}");
+    assert!(format!("/etc/{LONG_NAME}").starts_with(path));
+    assert_eq!(long["path_truncated"], true);
+    assert_eq!(long["error"], "ENAMETOOLONG", "one component over 255 bytes");
+    let long_exec = s.wait_event("exec", "of the cat with the long argument", |e| {
+        e["process"]["argv"][1]
+            .as_str()
+            .is_some_and(|a| a.contains("lllll"))
+    });
+    assert_eq!(long_exec["process"]["argv_truncated"], true);
 
     // connect to a closed port: the address, and the error.
     let connect = s.wait_event("syscall", "connect", |e| e["syscall"] == "connect");
