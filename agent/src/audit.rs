@@ -28,9 +28,12 @@ use berth_common::{
 };
 use serde_json::{Value, json};
 
-use crate::dataplane::{
-    PinLayout,
-    audit::{Attachment, AuditChanges, AuditMapError, AuditMaps, DesiredAudit, Tracepoints},
+use crate::{
+    dataplane::{
+        PinLayout,
+        audit::{Attachment, AuditChanges, AuditMapError, AuditMaps, DesiredAudit, Tracepoints},
+    },
+    state_file::{StateFile, StateFileError, Versioned},
 };
 
 /// Who each audited cgroup is, shared by the store (writer), the event decoder and `/metrics`.
@@ -75,7 +78,28 @@ struct Persisted {
     cgroups: Vec<RegisteredCgroup>,
 }
 
-const FORMAT: u32 = 1;
+impl Versioned for Persisted {
+    const FORMAT: u32 = 1;
+    fn format(&self) -> u32 {
+        self.format
+    }
+    fn empty() -> Self {
+        Persisted {
+            format: Self::FORMAT,
+            ..Persisted::default()
+        }
+    }
+}
+
+impl From<StateFileError> for AuditStoreError {
+    fn from(e: StateFileError) -> Self {
+        AuditStoreError::State {
+            op: e.op,
+            path: e.path,
+            detail: e.detail,
+        }
+    }
+}
 
 /// Who a cgroup is, for events, counts and metrics.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -119,7 +143,7 @@ pub struct AuditOutcome {
 }
 
 pub struct AuditStore {
-    path: PathBuf,
+    file: StateFile,
     engine_root: PathBuf,
     cgroup_root: PathBuf,
     tracefs: PathBuf,
@@ -136,7 +160,6 @@ pub struct AuditStore {
     /// Shared with the event decoder and `/metrics`: who a cgroup is.
     attribution: Targets,
     metrics: AuditMetrics,
-    saved: Vec<u8>,
 }
 
 impl AuditStore {
@@ -149,27 +172,15 @@ impl AuditStore {
         metrics: AuditMetrics,
         attribution: Targets,
     ) -> Result<Self, AuditStoreError> {
-        let path = state_dir.join("audit.json");
+        let (file, state) = StateFile::open::<Persisted>(
+            &state_dir.join("audit.json"),
+            "reading the saved audit policies",
+        )?;
         let state_err = |op, detail: String| AuditStoreError::State {
             op,
-            path: path.clone(),
+            path: file.path().to_owned(),
             detail,
         };
-        let state: Persisted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| state_err("reading the saved audit policies", e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
-                format: FORMAT,
-                ..Persisted::default()
-            },
-            Err(e) => return Err(state_err("reading", e.to_string())),
-        };
-        if state.format != FORMAT {
-            return Err(state_err(
-                "reading the saved audit policies",
-                format!("unknown format {}", state.format),
-            ));
-        }
         let mut policies = BTreeMap::new();
         for (name, raw) in &state.policies {
             let bytes = serde_json::to_vec(raw).unwrap_or_default();
@@ -186,7 +197,7 @@ impl AuditStore {
         let maps = AuditMaps::open(layout)?;
         let next_profile = maps.max_profile() + 1;
         let mut store = Self {
-            path,
+            file,
             engine_root: engine_root.to_owned(),
             cgroup_root: cgroup_root.to_owned(),
             tracefs: tracefs_root(),
@@ -199,7 +210,6 @@ impl AuditStore {
             targets: Vec::new(),
             attribution,
             metrics,
-            saved: Vec::new(),
         };
         let (changes, attached, detached, _) = store.reconcile()?;
         tracing::info!(
@@ -348,21 +358,7 @@ impl AuditStore {
     }
 
     fn save(&mut self) -> Result<(), AuditStoreError> {
-        let err = |op, e: &dyn std::fmt::Display| AuditStoreError::State {
-            op,
-            path: self.path.clone(),
-            detail: e.to_string(),
-        };
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| err("serializing", &e))?;
-        if bytes == self.saved {
-            return Ok(());
-        }
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("creating the directory of", &e))?;
-        }
-        berth_runtime::state::write_atomic(&self.path, &bytes).map_err(|e| err("saving", &e))?;
-        self.saved = bytes;
-        Ok(())
+        Ok(self.file.save(&self.state)?)
     }
 
     /// Runs `change` on the state, reconciles, and puts everything back if that fails.

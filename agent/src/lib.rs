@@ -24,6 +24,7 @@ pub mod policy;
 pub mod policy_cli;
 pub mod runc_cli;
 pub mod services;
+pub mod state_file;
 pub mod status;
 pub mod svc_cli;
 

@@ -30,6 +30,7 @@ use crate::{
         },
     },
     engine::{ContainerMeta, NetworkMode},
+    state_file::{StateFile, StateFileError, Versioned},
 };
 
 /// Label holding a container's Kubernetes namespace (the CRI's own label).
@@ -70,7 +71,28 @@ struct Persisted {
     next_rule_id: u32,
 }
 
-const FORMAT: u32 = 1;
+impl Versioned for Persisted {
+    const FORMAT: u32 = 1;
+    fn format(&self) -> u32 {
+        self.format
+    }
+    fn empty() -> Self {
+        Persisted {
+            format: Self::FORMAT,
+            ..Persisted::default()
+        }
+    }
+}
+
+impl From<StateFileError> for PolicyStoreError {
+    fn from(e: StateFileError) -> Self {
+        PolicyStoreError::State {
+            op: e.op,
+            path: e.path,
+            detail: e.detail,
+        }
+    }
+}
 
 /// What `apply`/`delete` did, as the API returns it.
 #[derive(Debug, serde::Serialize)]
@@ -94,7 +116,7 @@ pub struct PolicyMetrics {
 }
 
 pub struct PolicyStore {
-    path: PathBuf,
+    file: StateFile,
     engine_root: PathBuf,
     state: Persisted,
     /// `state.objects` parsed, by the same keys (parsed once, when they arrive).
@@ -109,9 +131,6 @@ pub struct PolicyStore {
     pods: Vec<LocalPod>,
     /// Told who endpoints and rule ids are after every reconcile.
     events: Option<Arc<crate::events::EventHub>>,
-    /// What was last written to `path` (a reconcile that allots identities saves them at once,
-    /// so a restarted agent numbers everything the same way and rewrites nothing).
-    saved: Vec<u8>,
     /// Rule ids the reconcile in progress has put in tables.
     used_rules: std::collections::HashSet<u32>,
 }
@@ -201,29 +220,12 @@ impl PolicyStore {
         metrics: PolicyMetrics,
         events: Option<Arc<crate::events::EventHub>>,
     ) -> Result<Self, PolicyStoreError> {
-        let path = state_dir.join("policies.json");
-        let state_err = |op, detail: String| PolicyStoreError::State {
-            op,
-            path: path.clone(),
-            detail,
-        };
-        let state: Persisted = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map_err(|e| state_err("reading the saved policies", e.to_string()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Persisted {
-                format: FORMAT,
-                ..Persisted::default()
-            },
-            Err(e) => return Err(state_err("reading", e.to_string())),
-        };
-        if state.format != FORMAT {
-            return Err(state_err(
-                "reading the saved policies",
-                format!("unknown format {}", state.format),
-            ));
-        }
+        let (file, state) = StateFile::open::<Persisted>(
+            &state_dir.join("policies.json"),
+            "reading the saved policies",
+        )?;
         let mut store = Self {
-            path,
+            file,
             engine_root: engine_root.to_owned(),
             state,
             policies: BTreeMap::new(),
@@ -235,7 +237,6 @@ impl PolicyStore {
             compiled: None,
             pods: Vec::new(),
             events,
-            saved: Vec::new(),
             used_rules: Default::default(),
         };
         // The saved objects, parsed once (they were valid when applied; a file edited since
@@ -246,10 +247,11 @@ impl PolicyStore {
         }))
         .map_err(|e| PolicyStoreError::State {
             op: "re-reading the saved policies",
-            path: store.path.clone(),
+            path: store.file.path().to_owned(),
             detail: e.to_string(),
         })?;
-        let objects = berth_netpolicy::parse_objects(&bytes, &store.path.display().to_string())?;
+        let objects =
+            berth_netpolicy::parse_objects(&bytes, &store.file.path().display().to_string())?;
         store.insert_parsed(objects);
         store.refresh_node();
         let (changes, _, _) = store.reconcile()?;
@@ -427,21 +429,7 @@ impl PolicyStore {
     }
 
     fn save(&mut self) -> Result<(), PolicyStoreError> {
-        let err = |op, e: &dyn std::fmt::Display| PolicyStoreError::State {
-            op,
-            path: self.path.clone(),
-            detail: e.to_string(),
-        };
-        let bytes = serde_json::to_vec(&self.state).map_err(|e| err("serializing", &e))?;
-        if bytes == self.saved {
-            return Ok(());
-        }
-        if let Some(dir) = self.path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| err("creating the directory of", &e))?;
-        }
-        berth_runtime::state::write_atomic(&self.path, &bytes).map_err(|e| err("saving", &e))?;
-        self.saved = bytes;
-        Ok(())
+        Ok(self.file.save(&self.state)?)
     }
 
     /// Applies manifests: every object is validated first; then they replace the objects of the

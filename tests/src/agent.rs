@@ -230,3 +230,58 @@ pub fn sample(exposition: &str, series: &str) -> Option<f64> {
         value.split_whitespace().next()?.parse().ok()
     })
 }
+
+/// Removes an agent's pins and state directory when dropped (after the agent itself).
+pub struct AgentCleanup(pub AgentPaths);
+
+impl Drop for AgentCleanup {
+    fn drop(&mut self) {
+        self.0.cleanup();
+    }
+}
+
+/// A private engine (bridge, image, containers) with an agent of its own that the engine
+/// notifies. Dropped in field order: the containers, then the agent, then its pins.
+pub struct AgentEngine {
+    pub env: crate::network::NetEnv,
+    pub agent: AgentProcess,
+    pub cleanup: AgentCleanup,
+}
+
+impl AgentEngine {
+    /// A fresh engine on pod CIDR 10.201.`octet`.0/24 and an agent serving it.
+    pub fn start(tag: &str, octet: u8) -> AgentEngine {
+        let cleanup = AgentCleanup(AgentPaths::new(tag).expect("agent paths"));
+        let mut env = crate::network::NetEnv::new(octet, 24).expect("env");
+        let agent = AgentProcess::start(
+            &cleanup.0,
+            &Self::agent_args(&env).each_ref().map(String::as_str),
+        )
+        .expect("agent");
+        env.pin_root = cleanup.0.pin_root.clone();
+        env.api_socket = cleanup.0.api_socket.clone();
+        AgentEngine {
+            env,
+            agent,
+            cleanup,
+        }
+    }
+
+    fn agent_args(env: &crate::network::NetEnv) -> [String; 4] {
+        [
+            "--pod-cidr".into(),
+            env.subnet.clone(),
+            "--engine-root".into(),
+            env.root().to_string_lossy().into_owned(),
+        ]
+    }
+
+    /// Starts the agent again (after it was killed or stopped) on the same state.
+    pub fn restart_agent(&mut self) {
+        self.agent = AgentProcess::start(
+            &self.agent.paths,
+            &Self::agent_args(&self.env).each_ref().map(String::as_str),
+        )
+        .expect("restart");
+    }
+}

@@ -17,63 +17,42 @@ use std::{
 };
 
 use berth_tests::{
-    agent::{AgentPaths, AgentProcess, berth_bin, sample},
-    network::{NetEnv, text},
+    agent::{AgentEngine, berth_bin, sample},
+    network::text,
     privileged::{in_ci, require_root},
 };
 use serde_json::Value;
 
-struct AgentCleanup(AgentPaths);
-
-impl Drop for AgentCleanup {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
-/// Engine, agent and their cleanup, dropped in that order.
+/// An engine with its agent, and the audit-specific ways of talking to them.
 struct Setup {
-    env: NetEnv,
-    agent: AgentProcess,
-    _paths: AgentCleanup,
+    e: AgentEngine,
 }
 
 impl Setup {
     fn start(tag: &str, octet: u8) -> Setup {
-        let paths = AgentCleanup(AgentPaths::new(tag).expect("agent paths"));
-        let mut env = NetEnv::new(octet, 24).expect("env");
-        let root = env.root().to_string_lossy().into_owned();
-        let agent = AgentProcess::start(
-            &paths.0,
-            &["--pod-cidr", &env.subnet, "--engine-root", &root],
-        )
-        .expect("agent");
-        env.pin_root = paths.0.pin_root.clone();
-        env.api_socket = paths.0.api_socket.clone();
         Setup {
-            env,
-            agent,
-            _paths: paths,
+            e: AgentEngine::start(tag, octet),
         }
     }
 
     fn apply(&self, yaml: &str) {
-        let file = self.env.dir.path().join("audit.yaml");
+        let file = self.e.env.dir.path().join("audit.yaml");
         std::fs::write(&file, yaml).expect("write");
         let out = self
+            .e
             .env
             .berth(&["audit", "apply", "-f", &file.to_string_lossy()]);
         assert!(
             out.status.success(),
             "audit apply: {}\n{}",
             text(&out.stderr),
-            self.agent.logs()
+            self.e.agent.logs()
         );
     }
 
     /// The recent events of `kind` (JSON lines from `berth events`).
     fn events(&self, kind: &str) -> Vec<Value> {
-        let out = self.env.berth(&["events", "--type", kind]);
+        let out = self.e.env.berth(&["events", "--type", kind]);
         assert!(out.status.success(), "berth events: {}", text(&out.stderr));
         text(&out.stdout)
             .lines()
@@ -96,7 +75,7 @@ impl Setup {
                         .map(Value::to_string)
                         .collect::<Vec<_>>()
                         .join("\n"),
-                    self.agent.logs()
+                    self.e.agent.logs()
                 );
             }
             std::thread::sleep(Duration::from_millis(100));
@@ -149,12 +128,12 @@ fn run_workload(s: &Setup, name: &str, labels: &[&str]) -> String {
     }
     let script = workload();
     args.extend([berth_tests::network::IMAGE, "/bin/sh", "-c", &script]);
-    let out = s.env.berth(&args);
+    let out = s.e.env.berth(&args);
     assert!(
         out.status.success(),
         "berth run {name}: {}\n{}",
         text(&out.stderr),
-        s.agent.logs()
+        s.e.agent.logs()
     );
     text(&out.stdout) + &text(&out.stderr)
 }
@@ -275,7 +254,10 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
     assert_eq!(path.len(), 255, "{path}");
     assert!(format!("/etc/{LONG_NAME}").starts_with(path));
     assert_eq!(long["path_truncated"], true);
-    assert_eq!(long["error"], "ENAMETOOLONG", "one component over 255 bytes");
+    assert_eq!(
+        long["error"], "ENAMETOOLONG",
+        "one component over 255 bytes"
+    );
     let long_exec = s.wait_event("exec", "of the cat with the long argument", |e| {
         e["process"]["argv"][1]
             .as_str()
@@ -336,7 +318,7 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
     );
 
     // Metrics: kills and records counted, nothing lost.
-    let m = s.agent.scrape().expect("scrape");
+    let m = s.e.agent.scrape().expect("scrape");
     assert_eq!(
         sample(&m, "berth_audit_kernel_total{outcome=\"kills\"}"),
         Some(1.0),
@@ -349,15 +331,15 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
     // Bad input changes nothing: an unknown syscall is refused with a clear error and the
     // rules in force stay.
     let bad = POLICY.replace("[connect]", "[conect]");
-    let file = s.env.dir.path().join("bad.yaml");
+    let file = s.e.env.dir.path().join("bad.yaml");
     std::fs::write(&file, bad).expect("write");
-    let out = s
-        .env
-        .berth(&["audit", "apply", "-f", &file.to_string_lossy()]);
+    let out =
+        s.e.env
+            .berth(&["audit", "apply", "-f", &file.to_string_lossy()]);
     assert!(!out.status.success());
     let err = text(&out.stderr);
     assert!(err.contains("unknown syscall \"conect\""), "{err}");
-    let ls = s.env.berth(&["audit", "ls", "--format", "json"]);
+    let ls = s.e.env.berth(&["audit", "ls", "--format", "json"]);
     let view: Value = serde_json::from_slice(&ls.stdout).expect("ls json");
     assert_eq!(view["policies"], serde_json::json!(["e2e"]));
     // Enforced as before: the next audited container's chmod is killed too.
@@ -368,7 +350,7 @@ fn audited_container_events_kill_and_deny_and_nothing_from_others() {
     );
     // With no audited container left, no tracepoint stays attached (each costs every caller
     // of its syscall on the machine).
-    let ls = s.env.berth(&["audit", "ls", "--format", "json"]);
+    let ls = s.e.env.berth(&["audit", "ls", "--format", "json"]);
     let view: Value = serde_json::from_slice(&ls.stdout).expect("ls json");
     assert_eq!(view["tracepoints"], serde_json::json!([]), "{view}");
 }
@@ -419,7 +401,7 @@ fn counts_agree_with_strace_per_syscall() {
             .join(format!("berth-test-audit-{}", berth_tests::unique_suffix())),
     );
     std::fs::create_dir(&cgroup.0).expect("create cgroup");
-    let out = s.env.berth(&[
+    let out = s.e.env.berth(&[
         "audit",
         "add-cgroup",
         &cgroup.0.to_string_lossy(),
@@ -443,7 +425,7 @@ spec:
     // A deterministic workload of a static binary: find walks a directory and forks and
     // execs two programs per file, waiting for each (no signal handler runs, so there is no
     // timing-dependent rt_sigreturn: two runs make exactly the same calls).
-    let files = s.env.dir.path().join("workload");
+    let files = s.e.env.dir.path().join("workload");
     std::fs::create_dir(&files).expect("workload dir");
     for i in 0..5 {
         std::fs::write(files.join(format!("f{i}")), format!("file {i}\n")).expect("file");
@@ -495,7 +477,7 @@ spec:
     drop(procs);
 
     // The same workload under strace -f -c.
-    let strace_out = s.env.dir.path().join("strace.txt");
+    let strace_out = s.e.env.dir.path().join("strace.txt");
     let st = Command::new(strace)
         .args(["-f", "-c", "-o"])
         .arg(&strace_out)
@@ -516,7 +498,7 @@ spec:
             .args(["stats", "--once", "--top", "0", "--format", "json"])
             .arg("--container")
             .arg("counted")
-            .env("BERTH_API_SOCKET", &s.env.api_socket)
+            .env("BERTH_API_SOCKET", &s.e.env.api_socket)
             .output()
             .expect("berth stats");
         assert!(out.status.success(), "berth stats: {}", text(&out.stderr));
@@ -541,7 +523,7 @@ spec:
     );
 
     // The metrics show the same numbers, labelled by container and syscall.
-    let m = s.agent.scrape().expect("scrape");
+    let m = s.e.agent.scrape().expect("scrape");
     for (name, n) in &expected {
         assert_eq!(
             sample(
@@ -552,9 +534,9 @@ spec:
             "{name}"
         );
     }
-    let out = s
-        .env
-        .berth(&["audit", "remove-cgroup", &cgroup.0.to_string_lossy()]);
+    let out =
+        s.e.env
+            .berth(&["audit", "remove-cgroup", &cgroup.0.to_string_lossy()]);
     assert!(out.status.success(), "remove-cgroup: {}", text(&out.stderr));
 }
 
@@ -565,7 +547,7 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
     }
     let mut s = Setup::start("auditrestart", 63);
     s.apply(POLICY);
-    s.env
+    s.e.env
         .run_detached(
             "long",
             &["--network", "none", "--label", "audit=yes"],
@@ -573,7 +555,7 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
         )
         .expect("run");
     let chmod = |s: &Setup| -> String {
-        let (_, out, err) = s.env.exec(
+        let (_, out, err) = s.e.env.exec(
             "long",
             &["/bin/sh", "-c", "echo x > /v; chmod 600 /v; echo chmod=$?"],
         );
@@ -584,7 +566,7 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
         "not killed with the agent up"
     );
     // The attachments are pinned bpf_links, like the rest of the data plane.
-    let links: Vec<String> = std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+    let links: Vec<String> = std::fs::read_dir(s.e.agent.paths.pin_root.join("links"))
         .expect("links dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -596,19 +578,14 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
         "{links:?}"
     );
 
-    s.agent.signal(libc::SIGKILL).expect("kill -9");
-    let _ = s.agent.wait(Duration::from_secs(5));
+    s.e.agent.signal(libc::SIGKILL).expect("kill -9");
+    let _ = s.e.agent.wait(Duration::from_secs(5));
     assert!(
         chmod(&s).contains("chmod=137"),
         "the kill rule stopped with the agent"
     );
 
-    let root = s.env.root().to_string_lossy().into_owned();
-    s.agent = AgentProcess::start(
-        &s.agent.paths,
-        &["--pod-cidr", &s.env.subnet, "--engine-root", &root],
-    )
-    .expect("restart");
+    s.e.restart_agent();
     assert!(
         chmod(&s).contains("chmod=137"),
         "not killed after the restart"
@@ -628,12 +605,12 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
         assert!(
             Instant::now() < deadline,
             "{kills} kill events after the restart, expected 2:\n{}",
-            s.agent.logs()
+            s.e.agent.logs()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
     // One pin per attachment still (the restart replaced the links, it did not add any).
-    let after: Vec<String> = std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+    let after: Vec<String> = std::fs::read_dir(s.e.agent.paths.pin_root.join("links"))
         .expect("links dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
@@ -643,10 +620,10 @@ fn enforcement_goes_on_while_the_agent_is_down_and_after_a_restart() {
     assert_eq!(after.len(), before.len(), "{after:?} vs {before:?}");
 
     // Removing the container detaches everything.
-    let out = s.env.berth(&["rm", "-f", "long"]);
+    let out = s.e.env.berth(&["rm", "-f", "long"]);
     assert!(out.status.success());
     let deadline = Instant::now() + Duration::from_secs(15);
-    while std::fs::read_dir(s.agent.paths.pin_root.join("links"))
+    while std::fs::read_dir(s.e.agent.paths.pin_root.join("links"))
         .expect("links dir")
         .filter_map(|e| e.ok())
         .any(|e| e.file_name().to_string_lossy().starts_with("sys_"))

@@ -16,27 +16,19 @@ use std::{
 };
 
 use berth_tests::{
-    agent::{AgentPaths, AgentProcess, sample},
+    agent::{AgentCleanup, AgentEngine, AgentProcess, sample},
     cluster::in_netns_path,
     network::{NetEnv, text},
     privileged::require_root,
 };
 use serde_json::Value;
 
-struct AgentCleanup(AgentPaths);
-
-impl Drop for AgentCleanup {
-    fn drop(&mut self) {
-        self.0.cleanup();
-    }
-}
-
 /// The containers every scenario uses.
 struct Cluster {
     // Dropped first: the containers, then the agent and its pins.
     env: NetEnv,
     agent: AgentProcess,
-    _paths: AgentCleanup,
+    _cleanup: AgentCleanup,
 }
 
 const SERVER: &str = "mkdir -p /www && echo ok > /www/index.html && \
@@ -45,20 +37,15 @@ const SERVER: &str = "mkdir -p /www && echo ok > /www/index.html && \
 
 impl Cluster {
     fn start(tag: &str, octet: u8) -> Cluster {
-        let paths = AgentCleanup(AgentPaths::new(tag).expect("agent paths"));
-        let mut env = NetEnv::new(octet, 24).expect("env");
-        let root = env.root().to_string_lossy().into_owned();
-        let agent = AgentProcess::start(
-            &paths.0,
-            &["--pod-cidr", &env.subnet, "--engine-root", &root],
-        )
-        .expect("agent");
-        env.pin_root = paths.0.pin_root.clone();
-        env.api_socket = paths.0.api_socket.clone();
+        let AgentEngine {
+            env,
+            agent,
+            cleanup,
+        } = AgentEngine::start(tag, octet);
         Cluster {
             env,
             agent,
-            _paths: paths,
+            _cleanup: cleanup,
         }
     }
 
