@@ -49,12 +49,8 @@ pub enum AuditStoreError {
     Invalid(String),
     #[error(transparent)]
     Dataplane(#[from] AuditMapError),
-    #[error("{op} {path}: {detail}")]
-    State {
-        op: &'static str,
-        path: PathBuf,
-        detail: String,
-    },
+    #[error(transparent)]
+    State(#[from] StateFileError),
     #[error("{0}")]
     Lookup(String),
 }
@@ -87,16 +83,6 @@ impl Versioned for Persisted {
         Persisted {
             format: Self::FORMAT,
             ..Persisted::default()
-        }
-    }
-}
-
-impl From<StateFileError> for AuditStoreError {
-    fn from(e: StateFileError) -> Self {
-        AuditStoreError::State {
-            op: e.op,
-            path: e.path,
-            detail: e.detail,
         }
     }
 }
@@ -176,10 +162,12 @@ impl AuditStore {
             &state_dir.join("audit.json"),
             "reading the saved audit policies",
         )?;
-        let state_err = |op, detail: String| AuditStoreError::State {
-            op,
-            path: file.path().to_owned(),
-            detail,
+        let state_err = |op, detail: String| {
+            AuditStoreError::State(StateFileError {
+                op,
+                path: file.path().to_owned(),
+                detail,
+            })
         };
         let mut policies = BTreeMap::new();
         for (name, raw) in &state.policies {

@@ -47,12 +47,8 @@ pub enum PolicyStoreError {
     Invalid(#[from] berth_netpolicy::Error),
     #[error(transparent)]
     Dataplane(#[from] PolicyMapError),
-    #[error("{op} {path}: {detail}")]
-    State {
-        op: &'static str,
-        path: PathBuf,
-        detail: String,
-    },
+    #[error(transparent)]
+    State(#[from] StateFileError),
     #[error("{0}")]
     Lookup(String),
 }
@@ -80,16 +76,6 @@ impl Versioned for Persisted {
         Persisted {
             format: Self::FORMAT,
             ..Persisted::default()
-        }
-    }
-}
-
-impl From<StateFileError> for PolicyStoreError {
-    fn from(e: StateFileError) -> Self {
-        PolicyStoreError::State {
-            op: e.op,
-            path: e.path,
-            detail: e.detail,
         }
     }
 }
@@ -245,10 +231,12 @@ impl PolicyStore {
         let bytes = serde_json::to_vec(&serde_json::json!({
             "apiVersion": "v1", "kind": "List", "items": docs,
         }))
-        .map_err(|e| PolicyStoreError::State {
-            op: "re-reading the saved policies",
-            path: store.file.path().to_owned(),
-            detail: e.to_string(),
+        .map_err(|e| {
+            PolicyStoreError::State(StateFileError {
+                op: "re-reading the saved policies",
+                path: store.file.path().to_owned(),
+                detail: e.to_string(),
+            })
         })?;
         let objects =
             berth_netpolicy::parse_objects(&bytes, &store.file.path().display().to_string())?;

@@ -3,8 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-/// What went wrong with a state file: the operation and the cause, for the store's own error.
-#[derive(Debug)]
+/// What went wrong with a state file: the operation, the file and the cause.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {detail}")]
 pub struct StateFileError {
     pub op: &'static str,
     pub path: PathBuf,
