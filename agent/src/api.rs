@@ -349,8 +349,9 @@ async fn events(
     State(state): State<Arc<ApiState>>,
     axum::extract::Query(filter): axum::extract::Query<Filter>,
 ) -> axum::response::Response {
-    let line = |v: &serde_json::Value| {
-        let mut s = v.to_string();
+    let line = |e: &crate::events::Event| {
+        let mut s = String::with_capacity(e.line.len() + 1);
+        s.push_str(&e.line);
         s.push('\n');
         bytes::Bytes::from(s)
     };
@@ -364,25 +365,37 @@ async fn events(
         .map(|e| line(e))
         .collect();
     let follow = filter.follow.unwrap_or(false);
+    let dropped = state
+        .events
+        .metrics
+        .reader_dropped
+        .with_label_values(&["api"]);
     let history =
         futures_util::stream::iter(recent.into_iter().map(Ok::<_, std::convert::Infallible>));
     let body = if follow {
-        let live = futures_util::stream::unfold((rx, filter), move |(mut rx, filter)| async move {
-            loop {
-                match rx.recv().await {
-                    Ok(e) if filter.matches(&e) => {
-                        return Some((Ok(line(&e)), (rx, filter)));
+        let live = futures_util::stream::unfold((rx, filter), move |(mut rx, filter)| {
+            let dropped = dropped.clone();
+            async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if filter.matches(&e) => {
+                            return Some((Ok(line(&e)), (rx, filter)));
+                        }
+                        Ok(_) => continue,
+                        // A follower too slow for the broadcast buffer is told how much it missed.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                            dropped.inc_by(n);
+                            let gap = serde_json::json!({
+                                "schema": crate::events::SCHEMA, "type": "gap",
+                                "time": berth_runtime::state::now_rfc3339(),
+                                "lost": n, "reason": "this reader fell behind",
+                            });
+                            let mut text = gap.to_string();
+                            text.push('\n');
+                            return Some((Ok(bytes::Bytes::from(text)), (rx, filter)));
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                     }
-                    Ok(_) => continue,
-                    // A follower too slow for the broadcast buffer is told how much it missed.
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
-                        let gap = serde_json::json!({
-                            "schema": crate::events::SCHEMA, "type": "gap",
-                            "lost": n, "reason": "this reader fell behind",
-                        });
-                        return Some((Ok(line(&gap)), (rx, filter)));
-                    }
-                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }
         });

@@ -20,9 +20,10 @@ use std::{
 use berth_audit::{AuditPolicy, Profile};
 use berth_common::{
     audit::{
-        ACT_KILL, ACT_RECORD, ARG_NONE, AUDIT_CLAUSES, AuditClause, AuditPathValue, AuditSyscall,
-        AuditSyscallKey, AuditTarget, CAP_ADDR_AT_EXIT, CAP_FLAGS_IN_STRUCT, CAP_LIFECYCLE,
-        CAP_NO_RETURN, SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP, TARGET_COUNT_ALL,
+        ACT_COUNT, ACT_KILL, ACT_RECORD, ARG_NONE, AUDIT_CLAUSES, AuditClause, AuditPathValue,
+        AuditSyscall, AuditSyscallKey, AuditTarget, CAP_ADDR_AT_EXIT, CAP_FLAGS_IN_STRUCT,
+        CAP_LIFECYCLE, CAP_NO_RETURN, SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP,
+        TARGET_COUNT_ALL, TARGET_LIFECYCLE,
     },
     programs,
 };
@@ -290,7 +291,8 @@ impl AuditStore {
                     t.cgroup_id,
                     AuditTarget {
                         profile: id,
-                        flags: if p.count_all { TARGET_COUNT_ALL } else { 0 },
+                        flags: if p.count_all { TARGET_COUNT_ALL } else { 0 }
+                            | if has_events(p) { TARGET_LIFECYCLE } else { 0 },
                     },
                 );
             }
@@ -299,7 +301,11 @@ impl AuditStore {
         for (p, id) in &used_profiles {
             plan_profile(*id, p, &mut want, &mut attach, &self.tracefs)?;
         }
-        if !want.targets.is_empty() {
+        if want
+            .targets
+            .values()
+            .any(|t| t.flags & TARGET_LIFECYCLE != 0)
+        {
             for (program, name) in [
                 (programs::SYS_PROC_EXEC, "sched_process_exec"),
                 (programs::SYS_PROC_FORK, "sched_process_fork"),
@@ -708,7 +714,13 @@ fn plan_profile(
         }
         plans.insert(*nr, k);
     }
-    for nr in [SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP] {
+    // Counts-only profiles get no per-process work (no lifecycle captures, no exec/exit events).
+    let lifecycle = if has_events(p) {
+        &[SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT, SYS_EXIT_GROUP][..]
+    } else {
+        &[]
+    };
+    for &nr in lifecycle {
         let k = plans
             .entry(nr)
             .or_insert_with(|| kernel_plan(&berth_audit::Capture::of(nr)));
@@ -750,6 +762,15 @@ fn plan_profile(
         });
     }
     Ok(())
+}
+
+/// Whether a profile's rules produce events (record or kill): such targets also get their
+/// process lifecycle reported.
+fn has_events(p: &Profile) -> bool {
+    let events = |cs: &[berth_audit::Clause]| cs.iter().any(|c| c.actions & !ACT_COUNT != 0);
+    p.syscalls
+        .values()
+        .any(|plan| events(&plan.clauses) || plan.paths.iter().any(|e| events(&e.clauses)))
 }
 
 /// The cgroup v2 id of a cgroup directory: its inode number (what

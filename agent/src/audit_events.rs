@@ -19,6 +19,7 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
     sync::{Arc, RwLock},
+    time::Instant,
 };
 
 use berth_common::audit::{
@@ -26,12 +27,17 @@ use berth_common::audit::{
     EV_HAS_RET, EV_NO_RET, EV_PATH, EV_PATH_TRUNCATED, EV_READ_FAULT, EVENT_EXEC, EVENT_EXIT,
     EVENT_FORK, EVENT_SYSCALL,
 };
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json, value::RawValue};
 
-use crate::{audit::TargetInfo, events::EventHub};
+use crate::{
+    audit::TargetInfo,
+    events::{Event, EventHub, SCHEMA},
+};
 
 /// Processes the decoder remembers (oldest dropped first beyond this).
 const MAX_PROCESSES: usize = 65_536;
+/// How long a container's serialized object is reused.
+const CONTAINER_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(1);
 /// Ancestors listed in an event.
 const MAX_ANCESTRY: usize = 8;
 
@@ -53,6 +59,8 @@ pub struct AuditDecoder {
     arg_names: HashMap<u32, Vec<(String, Signed)>>,
     /// Syscall number → name (libseccomp's lookup, cached).
     names: HashMap<u32, String>,
+    /// cgroup id → its container object, serialized, and the names filters match.
+    containers: HashMap<u64, (Box<RawValue>, Vec<String>, Instant)>,
     tracefs: PathBuf,
     offset_ns: u64,
 }
@@ -75,6 +83,7 @@ impl AuditDecoder {
             seq: 0,
             arg_names: HashMap::new(),
             names: HashMap::new(),
+            containers: HashMap::new(),
             tracefs,
             offset_ns,
         }
@@ -159,33 +168,75 @@ impl AuditDecoder {
         self.remember(pid, p);
     }
 
-    /// The process object: pid, tid, comm, ppid, binary, ancestry (up to [`MAX_ANCESTRY`]
-    /// ancestors, nearest first).
-    fn process(&mut self, ev: &AuditEvent) -> Value {
-        self.known(ev.pid);
+    /// Makes sure the process and its ancestors (up to [`MAX_ANCESTRY`]) are in the table and
+    /// returns the ancestors' pids, nearest first.
+    fn lineage(&mut self, pid: u32) -> Vec<u32> {
+        self.known(pid);
         let mut chain = Vec::new();
-        let mut cur = self.procs.get(&ev.pid).map_or(0, |p| p.ppid);
+        let mut cur = self.procs.get(&pid).map_or(0, |p| p.ppid);
         while cur != 0 && chain.len() < MAX_ANCESTRY && !chain.contains(&cur) {
             self.known(cur);
             chain.push(cur);
             cur = self.procs.get(&cur).map_or(0, |p| p.ppid);
         }
+        chain
+    }
+
+    /// The process object (pid, tid, comm, ppid, binary, ancestry) of `ev`'s caller, for
+    /// serialization; `chain` from [`Self::lineage`].
+    fn process_out<'a>(&'a self, ev: &AuditEvent, chain: &[u32]) -> ProcessOut<'a> {
         let me = self.procs.get(&ev.pid);
-        let ancestry: Vec<Value> = chain
-            .iter()
-            .map(|pid| {
-                let binary = self.procs.get(pid).map(|p| p.binary.clone());
-                json!({ "pid": pid, "binary": binary })
-            })
-            .collect();
-        json!({
-            "pid": ev.pid,
-            "tid": ev.tid,
-            "comm": cstr(&ev.comm),
-            "ppid": me.map(|p| p.ppid).filter(|p| *p != 0),
-            "binary": me.map(|p| p.binary.clone()),
-            "ancestry": ancestry,
-        })
+        ProcessOut {
+            pid: ev.pid,
+            tid: ev.tid,
+            comm: cstr(&ev.comm),
+            ppid: me.map(|p| p.ppid).filter(|p| *p != 0),
+            binary: me.map(|p| p.binary.as_str()),
+            ancestry: chain
+                .iter()
+                .map(|pid| Ancestor {
+                    pid: *pid,
+                    binary: self.procs.get(pid).map(|p| p.binary.as_str()),
+                })
+                .collect(),
+        }
+    }
+
+    /// The process object as a `Value` (exec and exit events, which are rare).
+    fn process(&mut self, ev: &AuditEvent) -> Value {
+        let chain = self.lineage(ev.pid);
+        serde_json::to_value(self.process_out(ev, &chain)).unwrap_or(Value::Null)
+    }
+
+    /// The container object of a cgroup, serialized once per cgroup.
+    fn container_raw(&mut self, cgroup: u64) -> (Box<RawValue>, Vec<String>) {
+        // Re-read at most once a second: a cgroup's labels can change (registered again).
+        if let Some((raw, names, at)) = self.containers.get(&cgroup)
+            && at.elapsed() < CONTAINER_CACHE_TTL
+        {
+            return (raw.clone(), names.clone());
+        }
+        let t = self.targets.read().unwrap_or_else(|p| p.into_inner());
+        match t.get(&cgroup) {
+            Some(info) => {
+                let raw = serde_json::value::to_raw_value(info)
+                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null"));
+                let names = vec![info.name.clone(), info.id.clone()];
+                drop(t);
+                if self.containers.len() >= MAX_PROCESSES {
+                    self.containers.clear();
+                }
+                self.containers
+                    .insert(cgroup, (raw.clone(), names.clone(), Instant::now()));
+                (raw, names)
+            }
+            // Not attributed yet (or any more): the cgroup id alone, not cached.
+            None => (
+                serde_json::value::to_raw_value(&json!({ "cgroup_id": cgroup }))
+                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null")),
+                Vec::new(),
+            ),
+        }
     }
 
     fn exec(&mut self, ev: &AuditEvent) {
@@ -250,85 +301,63 @@ impl AuditDecoder {
                 berth_audit::syscall_name(ev.nr).unwrap_or_else(|| format!("syscall_{}", ev.nr))
             })
             .clone();
-        let arg_names = self.arg_names(ev.nr).to_vec();
-        let mut args = Map::new();
-        for (i, (n, signed)) in arg_names.iter().enumerate().take(6) {
-            // Signed arguments (`int dfd`, `pid_t pid`) as the caller passed them (-100, not
-            // 4294967196).
-            let v = match signed {
-                Signed::Int => json!(ev.args[i] as i32),
-                Signed::Long => json!(ev.args[i] as i64),
-                Signed::No => json!(ev.args[i]),
-            };
-            args.insert(n.clone(), v);
-        }
-        let plan = berth_audit::Capture::of(ev.nr);
-        if let (Some(i), Some(family)) = (plan.flags_arg, plan.flags_family)
-            && !plan.flags_in_struct
-            && let Some((n, _)) = arg_names.get(i as usize)
-        {
-            args.insert(
-                format!("{n}_names"),
-                json!(berth_audit::flag_names(family, ev.args[i as usize])),
-            );
-        }
-        let mut m = Map::new();
-        m.insert("time".into(), self.time(ev).into());
-        m.insert("container".into(), self.container(ev));
-        m.insert("process".into(), self.process(ev));
-        m.insert("syscall".into(), name.into());
-        m.insert("nr".into(), ev.nr.into());
-        m.insert(
-            "action".into(),
-            if ev.actions & ACT_KILL != 0 {
+        self.arg_names(ev.nr);
+        let (container, mut names) = self.container_raw(ev.cgroup_id);
+        let chain = self.lineage(ev.pid);
+        let capture = berth_audit::Capture::of(ev.nr);
+        let flags = match (capture.flags_arg, capture.flags_family) {
+            (Some(i), Some(family)) if !capture.flags_in_struct && i < 6 => Some((
+                usize::from(i),
+                berth_audit::flag_names(family, ev.args[usize::from(i)]),
+            )),
+            _ => None,
+        };
+        let has = |f: u32| ev.flags & f != 0;
+        let ret = has(EV_HAS_RET).then_some(ev.ret);
+        let line = SyscallLine {
+            schema: SCHEMA,
+            kind: "syscall",
+            node: &self.hub.node,
+            time: self.time(ev),
+            container: &container,
+            process: self.process_out(ev, &chain),
+            syscall: &name,
+            nr: ev.nr,
+            action: if ev.actions & ACT_KILL != 0 {
                 "kill"
             } else {
                 "record"
+            },
+            args: ArgsOut {
+                names: self.arg_names.get(&ev.nr).map_or(&[], Vec::as_slice),
+                values: &ev.args,
+                flags,
+            },
+            path: has(EV_PATH).then(|| cstr(&ev.path)),
+            path_truncated: has(EV_PATH).then(|| has(EV_PATH_TRUNCATED)),
+            argv: has(EV_ARGV).then(|| argv_of(ev)),
+            argv_truncated: has(EV_ARGV).then(|| has(EV_ARGV_TRUNCATED)),
+            address: has(EV_ADDR)
+                .then(|| sockaddr(&ev.addr[..usize::from(ev.addr_len).min(ev.addr.len())])),
+            read_fault: has(EV_READ_FAULT).then_some(true),
+            ret,
+            error: ret.filter(|r| *r < 0 && *r > -4096).map(errno_name),
+            ret_missing: has(EV_NO_RET).then_some(true),
+        };
+        let text = match serde_json::to_string(&line) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(error = %e, "serializing a syscall event");
+                return;
             }
-            .into(),
-        );
-        m.insert("args".into(), Value::Object(args));
-        if ev.flags & EV_PATH != 0 {
-            m.insert("path".into(), cstr(&ev.path).into());
-            m.insert(
-                "path_truncated".into(),
-                (ev.flags & EV_PATH_TRUNCATED != 0).into(),
-            );
-        }
-        if ev.flags & EV_ARGV != 0 {
-            m.insert("argv".into(), argv_of(ev).into());
-            m.insert(
-                "argv_truncated".into(),
-                (ev.flags & EV_ARGV_TRUNCATED != 0).into(),
-            );
-        }
-        if ev.flags & EV_ADDR != 0 {
-            m.insert(
-                "address".into(),
-                sockaddr(&ev.addr[..usize::from(ev.addr_len).min(ev.addr.len())]),
-            );
-        }
-        if ev.flags & EV_READ_FAULT != 0 {
-            m.insert("read_fault".into(), true.into());
-        }
-        if ev.flags & EV_HAS_RET != 0 {
-            m.insert("ret".into(), ev.ret.into());
-            if ev.ret < 0 && ev.ret > -4096 {
-                m.insert(
-                    "error".into(),
-                    nix::errno::Errno::from_raw(-ev.ret as i32)
-                        .to_string()
-                        .split(':')
-                        .next()
-                        .unwrap_or_default()
-                        .into(),
-                );
-            }
-        }
-        if ev.flags & EV_NO_RET != 0 {
-            m.insert("ret_missing".into(), true.into());
-        }
-        self.hub.publish("syscall", Value::Object(m));
+        };
+        names.shrink_to_fit();
+        self.hub.publish_event(Event {
+            kind: "syscall".into(),
+            names,
+            syscall: Some(name),
+            line: text,
+        });
     }
 
     /// The syscall's argument names from `syscalls/sys_enter_<name>/format` (cached).
@@ -369,6 +398,95 @@ fn format_field(line: &str) -> Option<(String, Signed)> {
         _ => Signed::No,
     };
     Some((name.to_owned(), signed))
+}
+
+/// The `errno` name of a negative return value (`ENOENT`).
+fn errno_name(ret: i64) -> String {
+    nix::errno::Errno::from_raw(-ret as i32)
+        .to_string()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// A `syscall` event as it is written (field order is the line's).
+#[derive(serde::Serialize)]
+struct SyscallLine<'a> {
+    schema: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    node: &'a str,
+    time: String,
+    container: &'a RawValue,
+    process: ProcessOut<'a>,
+    syscall: &'a str,
+    nr: u32,
+    action: &'static str,
+    args: ArgsOut<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    argv_truncated: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    address: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    read_fault: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    ret_missing: Option<bool>,
+}
+
+#[derive(serde::Serialize)]
+struct ProcessOut<'a> {
+    pid: u32,
+    tid: u32,
+    comm: String,
+    ppid: Option<u32>,
+    binary: Option<&'a str>,
+    ancestry: Vec<Ancestor<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct Ancestor<'a> {
+    pid: u32,
+    binary: Option<&'a str>,
+}
+
+/// The syscall's arguments by their tracepoint names, signed ones as the caller passed them
+/// (`-100`, not 4294967196), and the flags argument's bits by name (`flags_names`).
+struct ArgsOut<'a> {
+    names: &'a [(String, Signed)],
+    values: &'a [u64; 6],
+    flags: Option<(usize, Vec<&'static str>)>,
+}
+
+impl serde::Serialize for ArgsOut<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap as _;
+        let mut m = s.serialize_map(None)?;
+        for (i, (name, signed)) in self.names.iter().enumerate().take(6) {
+            let v = self.values[i];
+            match signed {
+                Signed::Int => m.serialize_entry(name, &(v as i32))?,
+                Signed::Long => m.serialize_entry(name, &(v as i64))?,
+                Signed::No => m.serialize_entry(name, &v)?,
+            }
+        }
+        if let Some((i, bits)) = &self.flags
+            && let Some((name, _)) = self.names.get(*i)
+        {
+            m.serialize_entry(&format!("{name}_names"), bits)?;
+        }
+        m.end()
+    }
 }
 
 fn cstr(bytes: &[u8]) -> String {

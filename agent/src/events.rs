@@ -38,6 +38,8 @@ use tokio::{io::unix::AsyncFd, sync::broadcast};
 use crate::{client, config, dataplane::PinLayout};
 
 pub const SCHEMA: &str = "berth.event.v1";
+/// How long the events file writer waits after catching up before it blocks for the next line.
+const FILE_SINK_PACE: Duration = Duration::from_millis(5);
 /// Events kept for `berth events` without `--follow`.
 const RECENT: usize = 4096;
 
@@ -47,6 +49,9 @@ pub struct EventMetrics {
     pub events: prometheus::IntCounterVec,
     pub lost: prometheus::IntCounter,
     pub suppressed: prometheus::IntCounterVec,
+    /// Lines a reader that fell behind the stream missed (`reader`: `api` for a `--follow`
+    /// client, `file` for the events file), each also a gap record to that reader.
+    pub reader_dropped: prometheus::IntCounterVec,
 }
 
 /// Who an event is about, as of the last policy reconcile (kept apart from the policy store so
@@ -62,12 +67,50 @@ pub struct Attribution {
     pub selecting: HashMap<(u32, u8), Vec<String>>,
 }
 
+/// One event on the stream: its JSON line (serialized once, whoever reads it) and what the
+/// readers' filters look at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Event {
+    pub kind: String,
+    /// What `--container` matches: pod and container names and ids.
+    pub names: Vec<String>,
+    /// What `--syscall` matches.
+    pub syscall: Option<String>,
+    /// The event as one JSON object, without the newline.
+    pub line: String,
+}
+
+impl Event {
+    /// The event `fields` (an object already stamped with schema, type, node and time) as
+    /// readers get it.
+    fn from_value(kind: &str, fields: &Value) -> Event {
+        let mut names = Vec::new();
+        if let Some(endpoint) = fields["endpoint"].as_str() {
+            names.push(endpoint.to_owned());
+            if let Some(pod) = endpoint.rsplit('/').next() {
+                names.push(pod.to_owned());
+            }
+        }
+        for k in ["name", "id"] {
+            if let Some(v) = fields["container"][k].as_str() {
+                names.push(v.to_owned());
+            }
+        }
+        Event {
+            kind: kind.to_owned(),
+            names,
+            syscall: fields["syscall"].as_str().map(str::to_owned),
+            line: fields.to_string(),
+        }
+    }
+}
+
 pub struct EventHub {
-    tx: broadcast::Sender<Arc<Value>>,
-    recent: Mutex<VecDeque<Arc<Value>>>,
+    tx: broadcast::Sender<Arc<Event>>,
+    recent: Mutex<VecDeque<Arc<Event>>>,
     pub attribution: RwLock<Attribution>,
-    node: String,
-    metrics: EventMetrics,
+    pub node: String,
+    pub metrics: EventMetrics,
 }
 
 impl EventHub {
@@ -90,8 +133,17 @@ impl EventHub {
             map.entry("time")
                 .or_insert_with(|| berth_runtime::state::now_rfc3339().into());
         }
-        self.metrics.events.with_label_values(&[kind]).inc();
-        let event = Arc::new(fields);
+        self.publish_event(Event::from_value(kind, &fields));
+    }
+
+    /// Publishes an event already serialized (with schema, type, node and time in its line):
+    /// the path of high-rate events, which skip building a `Value`.
+    pub fn publish_event(&self, event: Event) {
+        self.metrics
+            .events
+            .with_label_values(&[event.kind.as_str()])
+            .inc();
+        let event = Arc::new(event);
         {
             let mut recent = self.recent.lock().unwrap_or_else(|p| p.into_inner());
             if recent.len() == RECENT {
@@ -102,7 +154,7 @@ impl EventHub {
         let _ = self.tx.send(event);
     }
 
-    pub fn recent(&self) -> Vec<Arc<Value>> {
+    pub fn recent(&self) -> Vec<Arc<Event>> {
         self.recent
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -111,7 +163,7 @@ impl EventHub {
             .collect()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Value>> {
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
     }
 }
@@ -132,28 +184,30 @@ pub struct Filter {
 }
 
 impl Filter {
-    pub fn matches(&self, event: &Value) -> bool {
+    /// Whether a reader with this filter gets `event`. Gap records always pass: a loss is never
+    /// hidden from a reader by its own filter (the lost events might have been the ones it
+    /// asked for).
+    pub fn matches(&self, event: &Event) -> bool {
+        if event.kind == "gap" {
+            return true;
+        }
         if let Some(kind) = &self.kind
-            && event["type"].as_str() != Some(kind.as_str())
+            && event.kind != *kind
         {
             return false;
         }
         if let Some(c) = &self.container {
-            let endpoint = event["endpoint"].as_str().unwrap_or("");
-            let name = endpoint.rsplit('/').next().unwrap_or("");
-            let container = &event["container"];
-            let matches_container = [&container["name"], &container["id"]]
+            // A name or id, or a container id's unambiguous prefix (12 characters or more).
+            let hit = event
+                .names
                 .iter()
-                .any(|v| v.as_str() == Some(c.as_str()))
-                || container["id"]
-                    .as_str()
-                    .is_some_and(|id| c.len() >= 12 && id.starts_with(c.as_str()));
-            if endpoint != c && name != c && !matches_container {
+                .any(|n| n == c || (c.len() >= 12 && n.len() == 64 && n.starts_with(c.as_str())));
+            if !hit {
                 return false;
             }
         }
         if let Some(s) = &self.syscall
-            && event["syscall"].as_str() != Some(s.as_str())
+            && event.syscall.as_deref() != Some(s.as_str())
         {
             return false;
         }
@@ -274,7 +328,7 @@ pub fn file_sink(
     use std::io::Write as _;
     let mut rx = hub.subscribe();
     let node = hub.node.clone();
-    let lost = hub.metrics.lost.clone();
+    let dropped = hub.metrics.reader_dropped.with_label_values(&["file"]);
     let open = |p: &Path| {
         std::fs::OpenOptions::new()
             .create(true)
@@ -290,9 +344,9 @@ pub fn file_sink(
         let mut file = std::io::BufWriter::new(first);
         loop {
             let line = match rx.blocking_recv() {
-                Ok(event) => event.to_string(),
+                Ok(event) => event.line.clone(),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
-                    lost.inc_by(n);
+                    dropped.inc_by(n);
                     json!({
                         "schema": SCHEMA, "type": "gap", "node": node,
                         "time": berth_runtime::state::now_rfc3339(),
@@ -312,9 +366,12 @@ pub fn file_sink(
             file.write_all(line.as_bytes())?;
             file.write_all(b"\n")?;
             size += len;
-            // Flush when the stream is idle: lines reach the file promptly, bursts are batched.
+            // When the stream is idle: flush, then wait a moment before blocking again, so a
+            // burst is written in batches instead of one wake-up and one write per line (lines
+            // reach the file within a few milliseconds).
             if rx.is_empty() {
                 file.flush()?;
+                std::thread::sleep(FILE_SINK_PACE);
             }
         }
     })
@@ -486,6 +543,11 @@ mod tests {
             lost: prometheus::IntCounter::new("l", "l").expect("metric"),
             suppressed: prometheus::IntCounterVec::new(prometheus::Opts::new("s", "s"), &["type"])
                 .expect("metric"),
+            reader_dropped: prometheus::IntCounterVec::new(
+                prometheus::Opts::new("r", "r"),
+                &["reader"],
+            )
+            .expect("metric"),
         };
         let hub = EventHub::new("node", metrics);
         let run = file_sink(&hub, path.clone(), 4096, 2).expect("open sink");
@@ -528,7 +590,11 @@ mod tests {
 
     #[test]
     fn filters_by_type_and_pod() {
-        let ev = json!({"type": "policy_verdict", "endpoint": "shop/web"});
+        let stamp = |v: Value| {
+            let kind = v["type"].as_str().unwrap_or("").to_owned();
+            Event::from_value(&kind, &v)
+        };
+        let ev = stamp(json!({"type": "policy_verdict", "endpoint": "shop/web"}));
         let f = |kind: Option<&str>, c: Option<&str>| Filter {
             kind: kind.map(str::to_owned),
             container: c.map(str::to_owned),
@@ -540,5 +606,20 @@ mod tests {
         assert!(f(None, Some("shop/web")).matches(&ev));
         assert!(!f(Some("gap"), None).matches(&ev));
         assert!(!f(None, Some("db")).matches(&ev));
+        // A loss reaches every reader, whatever it filters on.
+        let gap = stamp(json!({"type": "gap", "lost": 3}));
+        assert!(f(Some("syscall"), Some("web")).matches(&gap));
+        // Containers by name, id, or id prefix; syscalls by name.
+        let id = "a".repeat(64);
+        let sc = stamp(json!({"type": "syscall", "syscall": "openat",
+            "container": {"name": "audited", "id": id}}));
+        assert!(f(Some("syscall"), Some("audited")).matches(&sc));
+        assert!(f(None, Some(&id[..12])).matches(&sc));
+        assert!(!f(None, Some(&id[..4])).matches(&sc));
+        let mut by_syscall = f(None, None);
+        by_syscall.syscall = Some("openat".into());
+        assert!(by_syscall.matches(&sc));
+        by_syscall.syscall = Some("execve".into());
+        assert!(!by_syscall.matches(&sc));
     }
 }

@@ -163,10 +163,19 @@ impl Metrics {
                 ),
                 &["type"],
             )?,
+            reader_dropped: IntCounterVec::new(
+                Opts::new(
+                    "berth_events_reader_dropped_total",
+                    "event lines a reader that fell behind the stream missed, by reader (api: a \
+                     following client, file: the events file); each is also a gap record to it",
+                ),
+                &["reader"],
+            )?,
         };
         registry.register(Box::new(events.events.clone()))?;
         registry.register(Box::new(events.lost.clone()))?;
         registry.register(Box::new(events.suppressed.clone()))?;
+        registry.register(Box::new(events.reader_dropped.clone()))?;
         let audit = crate::audit::AuditMetrics {
             reconcile_seconds: prometheus::Histogram::with_opts(
                 prometheus::HistogramOpts::new(

@@ -17,7 +17,8 @@
 //! `sys_enter_raw` (on `raw_syscalls:sys_enter`, attached only while some container counts
 //! every syscall) does step 1 and counts for targets with [`TARGET_COUNT_ALL`].
 //!
-//! Process lifecycle (`sched:sched_process_{fork,exec,exit}`) is reported for every target.
+//! Process lifecycle (`sched:sched_process_{fork,exec,exit}`) is reported for targets with
+//! [`TARGET_LIFECYCLE`] (those whose rules record or kill).
 //!
 //! Loss is never silent: a record that finds the ring full is counted in the per-CPU
 //! `AUDIT_LOST`; a record that finds `AUDIT_INFLIGHT` full is emitted at entry without its
@@ -38,6 +39,9 @@ pub const ACT_KILL: u32 = 1 << 2;
 /// [`AuditTarget::flags`]: count every syscall (through `sys_enter_raw`); the per-syscall
 /// program then leaves counting to it.
 pub const TARGET_COUNT_ALL: u32 = 1 << 0;
+/// [`AuditTarget::flags`]: report the process lifecycle (fork, exec, exit) of this target: set
+/// when its rules record or kill (events mode); a counts-only target gets no per-process work.
+pub const TARGET_LIFECYCLE: u32 = 1 << 1;
 
 /// Clauses per plan or path entry; unused ones have `actions == 0`.
 pub const AUDIT_CLAUSES: usize = 4;
@@ -199,6 +203,8 @@ pub const EV_READ_FAULT: u32 = 1 << 8;
 /// Bytes of an [`AuditEvent`] up to `path`: records without strings (fork, exit, and syscalls
 /// that capture none) are emitted this short.
 pub const AUDIT_EVENT_FIXED: usize = core::mem::offset_of!(AuditEvent, path);
+/// Bytes of an [`AuditEvent`] up to `argv`: records with a path and no argv are this long.
+pub const AUDIT_EVENT_WITH_PATH: usize = core::mem::offset_of!(AuditEvent, argv);
 
 /// A record on `AUDIT_EVENTS`. One layout for every kind, so that a syscall's capture can wait
 /// in `AUDIT_INFLIGHT` as the record it becomes:

@@ -21,13 +21,13 @@ use aya_ebpf::{
 use berth_common::{
     audit::{
         ACT_COUNT, ACT_KILL, ACT_RECORD, ARG_NONE, AUDIT_ADDR_LEN, AUDIT_ARGV_LEN, AUDIT_ARGV_MAX,
-        AUDIT_ARGV_SLACK, AUDIT_CLAUSES, AUDIT_EVENT_FIXED, AUDIT_PATH_LEN, AUDIT_PATH_MATCH_LEN,
-        AuditClause, AuditCountKey, AuditEvent, AuditPathKey, AuditPathValue, AuditStat,
-        AuditSyscall, AuditSyscallKey, AuditTarget, CAP_ADDR_AT_EXIT, CAP_FLAGS_IN_STRUCT,
-        CAP_LIFECYCLE, CAP_NO_RETURN, EV_ADDR, EV_ARGV, EV_ARGV_TRUNCATED, EV_EXIT_CODE,
-        EV_HAS_RET, EV_NO_RET, EV_PATH, EV_PATH_TRUNCATED, EV_READ_FAULT, EVENT_EXEC, EVENT_EXIT,
-        EVENT_FORK, EVENT_SYSCALL, PATH_FIXED_BITS, SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT,
-        SYS_EXIT_GROUP, TARGET_COUNT_ALL,
+        AUDIT_ARGV_SLACK, AUDIT_CLAUSES, AUDIT_EVENT_FIXED, AUDIT_EVENT_WITH_PATH, AUDIT_PATH_LEN,
+        AUDIT_PATH_MATCH_LEN, AuditClause, AuditCountKey, AuditEvent, AuditPathKey, AuditPathValue,
+        AuditStat, AuditSyscall, AuditSyscallKey, AuditTarget, CAP_ADDR_AT_EXIT,
+        CAP_FLAGS_IN_STRUCT, CAP_LIFECYCLE, CAP_NO_RETURN, EV_ADDR, EV_ARGV, EV_ARGV_TRUNCATED,
+        EV_EXIT_CODE, EV_HAS_RET, EV_NO_RET, EV_PATH, EV_PATH_TRUNCATED, EV_READ_FAULT, EVENT_EXEC,
+        EVENT_EXIT, EVENT_FORK, EVENT_SYSCALL, PATH_FIXED_BITS, SYS_EXECVE, SYS_EXECVEAT, SYS_EXIT,
+        SYS_EXIT_GROUP, TARGET_COUNT_ALL, TARGET_LIFECYCLE,
     },
     events::EVENT_ABI_VERSION,
     maps,
@@ -318,8 +318,11 @@ fn exit(ctx: &TracePointContext) -> Option<()> {
 fn proc_exec(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only checked for presence.
-    unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    // SAFETY: a flag copied out at once.
+    let target = unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    if target.flags & TARGET_LIFECYCLE == 0 {
+        return None;
+    }
     let ev_ptr = AUDIT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch record.
     let ev = unsafe { &mut *ev_ptr };
@@ -377,8 +380,11 @@ fn proc_exec(ctx: &TracePointContext) -> Option<()> {
 fn proc_fork(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only checked for presence.
-    unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    // SAFETY: a flag copied out at once.
+    let target = unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    if target.flags & TARGET_LIFECYCLE == 0 {
+        return None;
+    }
     let ev_ptr = AUDIT_SCRATCH.get_ptr_mut(0)?;
     // SAFETY: this CPU's scratch record.
     let ev = unsafe { &mut *ev_ptr };
@@ -394,8 +400,11 @@ fn proc_fork(ctx: &TracePointContext) -> Option<()> {
 fn proc_exit(ctx: &TracePointContext) -> Option<()> {
     // SAFETY: no preconditions.
     let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: only checked for presence.
-    unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    // SAFETY: a flag copied out at once.
+    let target = unsafe { AUDIT_TARGETS.get(&cgroup) }?;
+    if target.flags & TARGET_LIFECYCLE == 0 {
+        return None;
+    }
     let pid_tgid = bpf_get_current_pid_tgid();
     // A thread that dies inside a syscall (killed) never reaches its sys_exit.
     let _ = AUDIT_INFLIGHT.remove(&pid_tgid);
@@ -438,12 +447,22 @@ fn fill_header(ev: &mut AuditEvent, kind: u16, cgroup: u64, pid_tgid: u64) {
     ev.comm = bpf_get_current_comm().unwrap_or([0; 16]);
 }
 
-/// Puts `ev` on the ring: the fixed part only when it carries no strings. A full ring is
-/// counted in `AUDIT_LOST` (the agent turns it into a gap record).
+/// Puts `ev` on the ring, as short as its content allows: the fixed part, then the path, then
+/// argv only when captured (most records carry at most a path: a third of the full size, so
+/// the ring holds three times as many). A full ring is counted in `AUDIT_LOST` (the agent
+/// turns it into a gap record).
 #[inline(always)]
 fn emit(ev: &AuditEvent) {
-    let res = if ev.flags & (EV_PATH | EV_ARGV) != 0 {
+    let res = if ev.flags & EV_ARGV != 0 {
         AUDIT_EVENTS.output::<AuditEvent>(ev, 0)
+    } else if ev.flags & EV_PATH != 0 {
+        // SAFETY: the first AUDIT_EVENT_WITH_PATH bytes of a live record.
+        let head = unsafe {
+            &*(core::ptr::from_ref(ev)
+                .cast::<u8>()
+                .cast::<[u8; AUDIT_EVENT_WITH_PATH]>())
+        };
+        AUDIT_EVENTS.output::<[u8; AUDIT_EVENT_WITH_PATH]>(head, 0)
     } else {
         // SAFETY: the first AUDIT_EVENT_FIXED bytes of a live record.
         let fixed = unsafe {
