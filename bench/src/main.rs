@@ -7,7 +7,11 @@
 //!   services) at 1 to 10,000 services, berth vs kube-proxy's iptables and nftables layouts.
 //! - `policy`: NetworkPolicy enforcement (new connections, established flows, applying a change)
 //!   at 10 to 10,000 rules, berth vs the same rules as iptables chains, against no policy.
+//! - `audit`: syscall auditing's overhead on syscall-heavy work in a cgroup (a tight openat
+//!   loop, extracting an archive, a fork+exec storm), berth's counts and events modes vs a
+//!   bpftrace counter, bpftrace printf, `strace -f` and auditd, and berth's event delivery.
 
+mod audit;
 mod policy;
 mod runtime;
 mod services;
@@ -30,6 +34,11 @@ enum Bench {
     Services(services::Args),
     /// NetworkPolicy enforcement: berth vs the same rules as iptables chains.
     Policy(policy::Args),
+    /// Syscall auditing: berth vs bpftrace, strace and auditd.
+    Audit(audit::Args),
+    /// The workload `audit` runs inside the audited cgroup (internal).
+    #[command(hide = true)]
+    AuditWorker(audit::WorkerArgs),
     /// The load generator `services` runs in the client pod (internal).
     #[command(hide = true)]
     ServicesLoad(services::WorkerArgs),
@@ -41,6 +50,8 @@ fn main() -> Result<()> {
         Bench::Services(args) => services::run(&args),
         Bench::ServicesLoad(args) => services::worker(&args),
         Bench::Policy(args) => policy::run(&args),
+        Bench::Audit(args) => audit::run(&args),
+        Bench::AuditWorker(args) => audit::worker(&args),
     }
 }
 
