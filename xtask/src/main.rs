@@ -34,7 +34,8 @@ enum Command {
     },
     /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc;
     /// `services` = service load balancing vs kube-proxy's iptables and nftables layouts;
-    /// `policy` = NetworkPolicy enforcement vs iptables policy chains.
+    /// `policy` = NetworkPolicy enforcement vs iptables policy chains; `audit` = syscall
+    /// auditing vs bpftrace, strace -f and auditd.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "runtime")]
