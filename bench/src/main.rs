@@ -127,3 +127,35 @@ mod tests {
         assert!(percentile(&[], 50.0).is_nan());
     }
 }
+
+/// Finding what a killed run left behind: pins, cgroups, interfaces and directories are named
+/// `<prefix><pid>…`; a name whose pid no longer runs is a leftover to remove.
+pub mod leftovers {
+    use std::path::Path;
+
+    /// The pid in `name` after `prefix`, if the name is one of ours.
+    pub fn owner(name: &str, prefix: &str) -> Option<u32> {
+        let digits: String = name
+            .strip_prefix(prefix)?
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits.parse().ok()
+    }
+
+    /// Whether `pid` is gone (and is not this process).
+    pub fn dead(pid: u32) -> bool {
+        pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
+    }
+
+    /// The names in `dir` (none when it cannot be read).
+    pub fn entries(dir: &Path) -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|e| {
+                e.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}

@@ -21,6 +21,7 @@ mod report;
 mod tracers;
 mod worker;
 
+use crate::leftovers::{dead, entries, owner};
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -960,35 +961,11 @@ fn environment(berth: &Path, tar: &Path) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// The pid in `name` after [`PREFIX`], if the name is one of ours.
-fn owner(name: &str) -> Option<u32> {
-    let digits: String = name
-        .strip_prefix(PREFIX)?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-fn dead(pid: u32) -> bool {
-    pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|e| {
-            e.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// Removes what a run killed before its cleanup left: pins, cgroups, directories (names
 /// carrying a pid that no longer runs) and audit rules with the bench's key.
 fn clean_leftovers(berth: &Path) {
     for name in entries(Path::new("/sys/fs/bpf")) {
-        if owner(&name).is_some_and(dead) {
+        if owner(&name, PREFIX).is_some_and(dead) {
             eprintln!("removing leftover pins /sys/fs/bpf/{name}");
             let gone = std::env::temp_dir().join(format!("{name}-gone"));
             agent::cleanup_pins(
@@ -1001,7 +978,7 @@ fn clean_leftovers(berth: &Path) {
     }
     if let Ok(root) = topo::cgroup2_root() {
         for name in entries(&root) {
-            if owner(&name).is_some_and(dead) {
+            if owner(&name, PREFIX).is_some_and(dead) {
                 eprintln!("removing leftover cgroup {}", root.join(&name).display());
                 let _ = std::fs::remove_dir(root.join(name));
             }
@@ -1009,7 +986,7 @@ fn clean_leftovers(berth: &Path) {
     }
     for dir in [std::env::temp_dir(), PathBuf::from("/dev/shm")] {
         for name in entries(&dir) {
-            if owner(&name).is_some_and(dead) {
+            if owner(&name, PREFIX).is_some_and(dead) {
                 eprintln!("removing leftover directory {}", dir.join(&name).display());
                 let _ = std::fs::remove_dir_all(dir.join(name));
             }

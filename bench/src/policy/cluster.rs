@@ -9,6 +9,7 @@
 //! and its masquerade table, the cgroup, the temporary directory. A run killed before its drop
 //! leaves names carrying its pid; the next run removes them ([`clean_leftovers`]).
 
+use crate::leftovers::{dead, entries, owner};
 use std::{
     net::Ipv4Addr,
     path::{Path, PathBuf},
@@ -382,30 +383,6 @@ fn remove_bridge(bridge: &str) {
     {
         eprintln!("warning: {e:#}");
     }
-}
-
-/// The pid in `name` after `prefix`, if the name is one of ours.
-fn owner(name: &str, prefix: &str) -> Option<u32> {
-    let digits: String = name
-        .strip_prefix(prefix)?
-        .chars()
-        .take_while(char::is_ascii_digit)
-        .collect();
-    digits.parse().ok()
-}
-
-fn dead(pid: u32) -> bool {
-    pid != std::process::id() && !Path::new("/proc").join(pid.to_string()).exists()
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    std::fs::read_dir(dir)
-        .map(|e| {
-            e.filter_map(|e| e.ok())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Removes what a run killed before its cleanup left: its containers, pins, bridge, cgroup and
