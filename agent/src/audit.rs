@@ -34,7 +34,7 @@ use crate::{
         PinLayout,
         audit::{Attachment, AuditChanges, AuditMapError, AuditMaps, DesiredAudit, Tracepoints},
     },
-    state_file::{StateFile, StateFileError, Versioned},
+    state_file::{StateFile, StateFileError},
 };
 
 /// Who each audited cgroup is, shared by the store (writer), the event decoder and `/metrics`.
@@ -68,25 +68,14 @@ pub struct RegisteredCgroup {
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Persisted {
-    format: u32,
     /// The policies as applied (JSON), by name.
     policies: BTreeMap<String, Value>,
     #[serde(default)]
     cgroups: Vec<RegisteredCgroup>,
 }
 
-impl Versioned for Persisted {
-    const FORMAT: u32 = 1;
-    fn format(&self) -> u32 {
-        self.format
-    }
-    fn empty() -> Self {
-        Persisted {
-            format: Self::FORMAT,
-            ..Persisted::default()
-        }
-    }
-}
+/// The on-disk format of [`Persisted`].
+const FORMAT: u32 = 1;
 
 /// Who a cgroup is, for events, counts and metrics.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -161,6 +150,7 @@ impl AuditStore {
     ) -> Result<Self, AuditStoreError> {
         let (file, state) = StateFile::open::<Persisted>(
             &state_dir.join("audit.json"),
+            FORMAT,
             "reading the saved audit policies",
         )?;
         let state_err = |op, detail: String| {

@@ -55,12 +55,10 @@ pub struct AuditDecoder {
     targets: Arc<RwLock<HashMap<u64, TargetInfo>>>,
     procs: HashMap<u32, Proc>,
     seq: u64,
-    /// Syscall number → argument names and signedness, from the tracepoint's format file.
-    arg_names: HashMap<u32, Vec<(String, Signed)>>,
-    /// Syscall number → name (libseccomp's lookup, cached).
-    names: HashMap<u32, String>,
+    /// Syscall number → what the decoder knows of it (looked up once per syscall).
+    syscalls: HashMap<u32, Arc<SyscallInfo>>,
     /// cgroup id → its container object, serialized, and the names filters match.
-    containers: HashMap<u64, (Box<RawValue>, Vec<String>, Instant)>,
+    containers: HashMap<u64, CachedContainer>,
     tracefs: PathBuf,
     offset_ns: u64,
 }
@@ -81,8 +79,7 @@ impl AuditDecoder {
             targets,
             procs: HashMap::new(),
             seq: 0,
-            arg_names: HashMap::new(),
-            names: HashMap::new(),
+            syscalls: HashMap::new(),
             containers: HashMap::new(),
             tracefs,
             offset_ns,
@@ -209,7 +206,7 @@ impl AuditDecoder {
     }
 
     /// The container object of a cgroup, serialized once per cgroup.
-    fn container_raw(&mut self, cgroup: u64) -> (Box<RawValue>, Vec<String>) {
+    fn container_raw(&mut self, cgroup: u64) -> (Arc<RawValue>, Arc<[String]>) {
         // Re-read at most once a second: a cgroup's labels can change (registered again).
         if let Some((raw, names, at)) = self.containers.get(&cgroup)
             && at.elapsed() < CONTAINER_CACHE_TTL
@@ -219,9 +216,8 @@ impl AuditDecoder {
         let t = self.targets.read().unwrap_or_else(|p| p.into_inner());
         match t.get(&cgroup) {
             Some(info) => {
-                let raw = serde_json::value::to_raw_value(info)
-                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null"));
-                let names = vec![info.name.clone(), info.id.clone()];
+                let raw = raw_json(info);
+                let names: Arc<[String]> = [info.name.clone(), info.id.clone()].into();
                 drop(t);
                 if self.containers.len() >= MAX_PROCESSES {
                     self.containers.clear();
@@ -231,11 +227,7 @@ impl AuditDecoder {
                 (raw, names)
             }
             // Not attributed yet (or any more): the cgroup id alone, not cached.
-            None => (
-                serde_json::value::to_raw_value(&json!({ "cgroup_id": cgroup }))
-                    .unwrap_or_else(|_| RawValue::from_string("null".into()).expect("null")),
-                Vec::new(),
-            ),
+            None => (raw_json(&json!({ "cgroup_id": cgroup })), Arc::from([])),
         }
     }
 
@@ -294,17 +286,10 @@ impl AuditDecoder {
     }
 
     fn syscall(&mut self, ev: &AuditEvent) {
-        let name = self
-            .names
-            .entry(ev.nr)
-            .or_insert_with(|| {
-                berth_audit::syscall_name(ev.nr).unwrap_or_else(|| format!("syscall_{}", ev.nr))
-            })
-            .clone();
-        self.arg_names(ev.nr);
-        let (container, mut names) = self.container_raw(ev.cgroup_id);
+        let info = self.syscall_info(ev.nr);
+        let (container, names) = self.container_raw(ev.cgroup_id);
         let chain = self.lineage(ev.pid);
-        let capture = berth_audit::Capture::of(ev.nr);
+        let capture = &info.capture;
         let flags = match (capture.flags_arg, capture.flags_family) {
             (Some(i), Some(family)) if !capture.flags_in_struct && i < 6 => Some((
                 usize::from(i),
@@ -321,7 +306,7 @@ impl AuditDecoder {
             time: self.time(ev),
             container: &container,
             process: self.process_out(ev, &chain),
-            syscall: &name,
+            syscall: &info.name,
             nr: ev.nr,
             action: if ev.actions & ACT_KILL != 0 {
                 "kill"
@@ -329,7 +314,7 @@ impl AuditDecoder {
                 "record"
             },
             args: ArgsOut {
-                names: self.arg_names.get(&ev.nr).map_or(&[], Vec::as_slice),
+                names: &info.args,
                 values: &ev.args,
                 flags,
             },
@@ -351,28 +336,50 @@ impl AuditDecoder {
                 return;
             }
         };
-        names.shrink_to_fit();
         self.hub.publish_event(Event {
             kind: "syscall".into(),
             names,
-            syscall: Some(name),
+            syscall: Some(info.name.clone()),
             line: text,
         });
     }
 
-    /// The syscall's argument names from `syscalls/sys_enter_<name>/format` (cached).
-    fn arg_names(&mut self, nr: u32) -> &[(String, Signed)] {
-        let tracefs = self.tracefs.clone();
-        self.arg_names.entry(nr).or_insert_with(|| {
-            let Some(tp) = crate::audit::syscall_tracepoint(&tracefs, nr, "enter") else {
-                return Vec::new();
-            };
-            let format =
-                std::fs::read_to_string(tracefs.join("events/syscalls").join(tp).join("format"))
+    /// What the decoder knows of syscall `nr`: its name (libseccomp), what berth captures of
+    /// it, and its arguments' names from `syscalls/sys_enter_<name>/format`. Looked up on the
+    /// first record of the syscall, then cached.
+    fn syscall_info(&mut self, nr: u32) -> Arc<SyscallInfo> {
+        let tracefs = &self.tracefs;
+        self.syscalls
+            .entry(nr)
+            .or_insert_with(|| {
+                let args = crate::audit::syscall_tracepoint(tracefs, nr, "enter")
+                    .and_then(|tp| {
+                        std::fs::read_to_string(
+                            tracefs.join("events/syscalls").join(tp).join("format"),
+                        )
+                        .ok()
+                    })
+                    .map(|f| f.lines().filter_map(format_field).collect())
                     .unwrap_or_default();
-            format.lines().filter_map(format_field).collect()
-        })
+                Arc::new(SyscallInfo {
+                    name: berth_audit::syscall_name(nr).unwrap_or_else(|| format!("syscall_{nr}")),
+                    capture: berth_audit::Capture::of(nr),
+                    args,
+                })
+            })
+            .clone()
     }
+}
+
+/// A container's serialized object, the names filters match, and when they were read.
+type CachedContainer = (Arc<RawValue>, Arc<[String]>, Instant);
+
+/// What the decoder knows of one syscall.
+struct SyscallInfo {
+    name: String,
+    capture: berth_audit::Capture,
+    /// Argument names and how they read as numbers.
+    args: Vec<(String, Signed)>,
 }
 
 /// How an argument reads as a number.
@@ -398,6 +405,15 @@ fn format_field(line: &str) -> Option<(String, Signed)> {
         _ => Signed::No,
     };
     Some((name.to_owned(), signed))
+}
+
+/// `v` serialized once, to be embedded in event lines as is.
+fn raw_json<T: serde::Serialize + ?Sized>(v: &T) -> Arc<RawValue> {
+    match serde_json::value::to_raw_value(v) {
+        Ok(raw) => raw.into(),
+        // Serializing a map of strings cannot fail; `null` keeps the line valid if it did.
+        Err(_) => RawValue::NULL.to_owned().into(),
+    }
 }
 
 /// The `errno` name of a negative return value (`ENOENT`).

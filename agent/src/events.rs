@@ -72,8 +72,9 @@ pub struct Attribution {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Event {
     pub kind: String,
-    /// What `--container` matches: pod and container names and ids.
-    pub names: Vec<String>,
+    /// What `--container` matches: pod and container names and ids (shared by a container's
+    /// events).
+    pub names: Arc<[String]>,
     /// What `--syscall` matches.
     pub syscall: Option<String>,
     /// The event as one JSON object, without the newline.
@@ -98,7 +99,7 @@ impl Event {
         }
         Event {
             kind: kind.to_owned(),
-            names,
+            names: names.into(),
             syscall: fields["syscall"].as_str().map(str::to_owned),
             line: fields.to_string(),
         }
@@ -234,7 +235,7 @@ pub async fn run_audit_reader(
     hub: Arc<EventHub>,
     targets: Arc<RwLock<HashMap<u64, crate::audit::TargetInfo>>>,
 ) {
-    let offset_ns = wall_ns().saturating_sub(monotonic_ns());
+    let offset_ns = wall_ns().saturating_sub(crate::agent::monotonic_ns());
     let mut decoder = crate::audit_events::AuditDecoder::new(hub.clone(), targets, offset_ns);
     read_ring(
         layout,
@@ -278,7 +279,7 @@ async fn read_ring(
         }
     };
     // Monotonic → wall clock for event times.
-    let offset_ns = wall_ns().saturating_sub(monotonic_ns());
+    let offset_ns = wall_ns().saturating_sub(crate::agent::monotonic_ns());
     let mut lost_seen = read_lost(&layout, lost_map).unwrap_or(0);
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     loop {
@@ -473,12 +474,6 @@ fn policy_verdict(hub: &EventHub, ev: &PolicyVerdictEvent, offset_ns: u64) {
             "suppressed_before": ev.header.suppressed,
         }),
     );
-}
-
-fn monotonic_ns() -> u64 {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .map(|t| t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64)
-        .unwrap_or(0)
 }
 
 fn wall_ns() -> u64 {

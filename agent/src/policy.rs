@@ -30,7 +30,7 @@ use crate::{
         },
     },
     engine::{ContainerMeta, NetworkMode},
-    state_file::{StateFile, StateFileError, Versioned},
+    state_file::{StateFile, StateFileError},
 };
 
 /// Label holding a container's Kubernetes namespace (the CRI's own label).
@@ -56,7 +56,6 @@ pub enum PolicyStoreError {
 /// What is persisted.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 struct Persisted {
-    format: u32,
     /// The objects as applied (JSON), by `Kind namespace/name`.
     objects: BTreeMap<String, serde_json::Value>,
     identities: Identities,
@@ -67,18 +66,8 @@ struct Persisted {
     next_rule_id: u32,
 }
 
-impl Versioned for Persisted {
-    const FORMAT: u32 = 1;
-    fn format(&self) -> u32 {
-        self.format
-    }
-    fn empty() -> Self {
-        Persisted {
-            format: Self::FORMAT,
-            ..Persisted::default()
-        }
-    }
-}
+/// The on-disk format of [`Persisted`].
+const FORMAT: u32 = 1;
 
 /// What `apply`/`delete` did, as the API returns it.
 #[derive(Debug, serde::Serialize)]
@@ -208,6 +197,7 @@ impl PolicyStore {
     ) -> Result<Self, PolicyStoreError> {
         let (file, state) = StateFile::open::<Persisted>(
             &state_dir.join("policies.json"),
+            FORMAT,
             "reading the saved policies",
         )?;
         let mut store = Self {

@@ -116,7 +116,7 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 
 #[cfg(test)]
 mod tests {
-    use super::percentile;
+    use super::{percentile, thousands};
 
     #[test]
     fn percentiles_of_a_sorted_sample() {
@@ -126,6 +126,33 @@ mod tests {
         assert_eq!(percentile(&s, 100.0), 5.0);
         assert!(percentile(&[], 50.0).is_nan());
     }
+
+    #[test]
+    fn thousands_separators() {
+        assert_eq!(thousands(0.4), "0");
+        assert_eq!(thousands(-0.2), "0");
+        assert_eq!(thousands(999.0), "999");
+        assert_eq!(thousands(1000.0), "1,000");
+        assert_eq!(thousands(26_658.4), "26,658");
+        assert_eq!(thousands(-1234.0), "-1,234");
+        assert_eq!(thousands(1_234_567.0), "1,234,567");
+    }
+}
+
+/// `v` rounded, with thousands separators: `26,658`, `-1,234`.
+pub fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.abs());
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    if v < 0.0 && digits != "0" {
+        out.insert(0, '-');
+    }
+    out
 }
 
 /// Finding what a killed run left behind: pins, cgroups, interfaces and directories are named

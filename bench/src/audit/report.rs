@@ -2,6 +2,7 @@
 //! syscall (counting contenders) or per recorded event (recording ones); berth's delivery
 //! accounting; the goals judged on what was measured; as markdown.
 
+use crate::thousands;
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use super::{Account, Args, Cell, Contender, Sample, Workload};
@@ -15,22 +16,6 @@ pub(super) struct Report<'a> {
     pub attached: &'a BTreeMap<Contender, Vec<String>>,
     pub notes: &'a [String],
     pub environment: &'a [(&'static str, String)],
-}
-
-/// 12345.6 → "12,346".
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if v < 0.0 && digits != "0" {
-        out.insert(0, '-');
-    }
-    out
 }
 
 fn ms(s: f64) -> String {
@@ -607,18 +592,5 @@ impl Report<'_> {
             took.as_secs_f64() / 60.0
         );
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0.4), "0");
-        assert_eq!(thousands(1000.0), "1,000");
-        assert_eq!(thousands(-1234.0), "-1,234");
-        assert_eq!(thousands(1_234_567.0), "1,234,567");
     }
 }

@@ -1,6 +1,7 @@
 //! The results: medians per (rule count, mode), ratios against the ceiling (`off`) and against
 //! iptables, the goals judged on what was measured; as a markdown table.
 
+use crate::thousands;
 use std::{collections::BTreeMap, fmt::Write as _, time::Duration};
 
 use super::{Args, Cell, Mode};
@@ -32,22 +33,6 @@ struct Row {
 
 fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
     a.zip(b).map(|(a, b)| a / b)
-}
-
-/// 12345.6 → "12,346".
-fn thousands(v: f64) -> String {
-    let digits = format!("{:.0}", v.abs());
-    let mut out = String::new();
-    for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    if v < 0.0 {
-        out.insert(0, '-');
-    }
-    out
 }
 
 fn opt(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
@@ -305,19 +290,5 @@ impl Report {
             took.as_secs_f64() / 60.0
         );
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::thousands;
-
-    #[test]
-    fn thousands_separators() {
-        assert_eq!(thousands(0.4), "0");
-        assert_eq!(thousands(999.0), "999");
-        assert_eq!(thousands(1000.0), "1,000");
-        assert_eq!(thousands(26_658.4), "26,658");
-        assert_eq!(thousands(1_234_567.0), "1,234,567");
     }
 }
