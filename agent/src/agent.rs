@@ -47,6 +47,9 @@ async fn housekeeping(
             {
                 let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
                 store.refresh_node();
+                if let Err(e) = store.persist_kube(true) {
+                    tracing::warn!(error = %e, "saving the cached Kubernetes services failed");
+                }
                 let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
                 gc_removed.inc_by(removed as u64);
             }
@@ -100,6 +103,8 @@ pub enum AgentError {
     Policy(#[from] crate::policy::PolicyStoreError),
     #[error(transparent)]
     Audit(#[from] crate::audit::AuditStoreError),
+    #[error(transparent)]
+    Kubernetes(#[from] berth_kube::ClientError),
     #[error("refusing to clean up while an agent serves {0}: stop it first")]
     AgentRunning(std::path::PathBuf),
 }
@@ -209,6 +214,28 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 source,
             })?;
     }
+    // The Kubernetes source: a bad kubeconfig fails the start loudly; an unreachable API server
+    // does not (the watchers retry while the data plane keeps its last state).
+    let kube = match &config.kubernetes {
+        Some(source) => {
+            let client = source.client().await?;
+            let handle = crate::kube_source::KubeHandle::new(source.clone(), &config.node_name);
+            let _ = metrics.kube_health.set(handle.health.clone());
+            tokio::spawn(crate::kube_source::run(
+                client,
+                handle.clone(),
+                services.clone(),
+                metrics.clone(),
+            ));
+            Some(handle)
+        }
+        None => {
+            metrics
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            None
+        }
+    };
     let housekeeping = tokio::spawn(housekeeping(
         services.clone(),
         policy.clone(),
@@ -226,6 +253,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         policy,
         audit,
         events,
+        kube,
     });
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -33,6 +33,8 @@ pub mod paths {
     /// POST: a container lifecycle event from the daemonless runtime (`berth run` & co).
     pub const CONTAINER_EVENTS: &str = "/v1/containers/events";
     pub const HEALTHZ: &str = "/healthz";
+    /// Readiness (metrics port): 200 once the data plane is programmed from every source.
+    pub const READYZ: &str = "/readyz";
     /// POST manifests (YAML or JSON; `?origin=` names them in errors): apply / delete them.
     pub const SERVICES_APPLY: &str = "/v1/services/apply";
     pub const SERVICES_DELETE: &str = "/v1/services/delete";
@@ -83,11 +85,13 @@ pub struct ApiState {
     /// The audit rules, targets and tracepoints (same discipline as `services`).
     pub audit: Arc<std::sync::Mutex<AuditStore>>,
     pub events: Arc<EventHub>,
+    /// The Kubernetes source, when the agent watches an API server.
+    pub kube: Option<crate::kube_source::KubeHandle>,
 }
 
 impl ApiState {
     pub fn status(&self) -> Status {
-        Status::from_pins(
+        let mut status = Status::from_pins(
             &self.layout,
             Some(AgentInfo {
                 version: crate::VERSION.to_owned(),
@@ -96,7 +100,9 @@ impl ApiState {
                 metrics_addr: self.metrics_addr.clone(),
                 api_socket: self.api_socket.display().to_string(),
             }),
-        )
+        );
+        status.kubernetes = self.kube.as_ref().map(|k| k.status());
+        status
     }
 }
 
@@ -476,6 +482,7 @@ pub fn metrics_router(metrics: Arc<Metrics>) -> Router {
     Router::new()
         .route(paths::METRICS, get(render_metrics))
         .route(paths::HEALTHZ, get(healthz))
+        .route(paths::READYZ, get(readyz))
         .with_state(metrics)
 }
 
@@ -489,6 +496,19 @@ async fn status(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 
 async fn healthz() -> &'static str {
     "ok\n"
+}
+
+/// 200 once the agent serves its desired state: with a Kubernetes source, after every watched
+/// kind's first list is in the maps (a DaemonSet rollout waits for it); 503 before.
+async fn readyz(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {
+    if metrics.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        (StatusCode::OK, "ok\n")
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the first lists from the Kubernetes API server are not programmed yet\n",
+        )
+    }
 }
 
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> impl IntoResponse {

@@ -119,6 +119,16 @@ pub struct AgentArgs {
     #[arg(long, env = "BERTH_CGROUP", value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
 
+    /// Take Services and EndpointSlices from this cluster's API server (a kubeconfig file, its
+    /// current context). In a pod (KUBERNETES_SERVICE_HOST set) the service account's
+    /// in-cluster configuration is used without this flag, as kube-proxy does.
+    #[arg(long, env = "BERTH_KUBECONFIG", value_name = "PATH")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Do not watch a Kubernetes API server even in a pod (files only).
+    #[arg(long, conflicts_with = "kubeconfig")]
+    pub no_kubernetes: bool,
+
     /// This node's name: endpoints on this node are the local ones for
     /// internalTrafficPolicy/externalTrafficPolicy Local [default: $NODE_NAME, then the hostname].
     #[arg(long, env = "NODE_NAME", value_name = "NAME")]
@@ -190,6 +200,8 @@ struct FileConfig {
     log: Option<String>,
     cgroup: Option<PathBuf>,
     node_name: Option<String>,
+    kubeconfig: Option<PathBuf>,
+    no_kubernetes: Option<bool>,
     state_dir: Option<PathBuf>,
     maglev_table_size: Option<u32>,
     pod_cidr: Option<ipnet::Ipv4Net>,
@@ -213,6 +225,8 @@ pub struct AgentConfig {
     pub log: String,
     pub cgroup: PathBuf,
     pub node_name: String,
+    /// Where the API server is, if the agent watches one.
+    pub kubernetes: Option<berth_kube::ClientSource>,
     pub state_dir: PathBuf,
     pub maglev_table_size: u32,
     pub pod_cidr: ipnet::Ipv4Net,
@@ -293,6 +307,13 @@ impl AgentConfig {
                 .clone()
                 .or(file.node_name)
                 .unwrap_or_else(hostname),
+            kubernetes: if args.no_kubernetes || file.no_kubernetes.unwrap_or(false) {
+                None
+            } else {
+                berth_kube::ClientSource::detect(
+                    args.kubeconfig.as_deref().or(file.kubeconfig.as_deref()),
+                )
+            },
             state_dir: args
                 .state_dir
                 .clone()

@@ -7,6 +7,8 @@
 //! - [`api`] / [`client`]: the JSON API on a unix socket and its client.
 //! - [`metrics`]: the Prometheus exposition, read from the maps at scrape time.
 //! - [`audit`] / [`audit_events`]: syscall audit rules into the kernel, its records into events.
+//! - [`services`]: the desired services from files and the Kubernetes API server
+//!   ([`kube_source`]), reconciled into the load-balancing maps.
 
 pub mod agent;
 pub mod api;
@@ -18,6 +20,7 @@ pub mod config;
 pub mod dataplane;
 pub mod engine;
 pub mod events;
+pub mod kube_source;
 pub mod logging;
 pub mod metrics;
 pub mod policy;

@@ -36,6 +36,16 @@ pub struct Metrics {
     pub audit: crate::audit::AuditMetrics,
     /// Who each audited cgroup is (the audit store fills it; the collector labels counts).
     pub audit_targets: crate::audit::Targets,
+    /// The Kubernetes watches' instruments.
+    pub kube: berth_kube::KubeMetrics,
+    /// From receiving an API server event to its map write (kube-proxy's network programming
+    /// latency, measured from the agent's side).
+    pub kube_programming: prometheus::Histogram,
+    /// The watches' health, once the Kubernetes source runs (staleness is computed at scrape).
+    pub kube_health: std::sync::OnceLock<berth_kube::Health>,
+    /// `/readyz`: the data plane is loaded and, with a Kubernetes source, every watched kind's
+    /// first list is programmed.
+    pub ready: std::sync::atomic::AtomicBool,
 }
 
 impl Metrics {
@@ -97,7 +107,25 @@ impl Metrics {
                 "berth_lb_backends",
                 "backend slots programmed by the agent (capacity: berth_bpf_map_capacity{map=\"LB_BACKENDS\"})",
             )?,
+            conflicts: IntGauge::new(
+                "berth_lb_frontend_conflicts",
+                "frontends not programmed because another service (of the other source) holds them",
+            )?,
         };
+        registry.register(Box::new(services.conflicts.clone()))?;
+        let kube = berth_kube::KubeMetrics::new()?;
+        kube.register(&registry)?;
+        let kube_programming = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "berth_kube_programming_latency_seconds",
+                "time from receiving a Kubernetes API event to its write into the data-plane maps",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
+            ]),
+        )?;
+        registry.register(Box::new(kube_programming.clone()))?;
         registry.register(Box::new(services.reconcile_seconds.clone()))?;
         registry.register(Box::new(services.services.clone()))?;
         registry.register(Box::new(services.frontends.clone()))?;
@@ -208,11 +236,18 @@ impl Metrics {
             policy,
             policy_conntrack_gc,
             events,
+            kube,
+            kube_programming,
+            kube_health: std::sync::OnceLock::new(),
+            ready: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// The text exposition (format 0.0.4).
     pub fn render(&self) -> Result<String, prometheus::Error> {
+        if let Some(health) = self.kube_health.get() {
+            self.kube.stale_seconds.set(health.stale_seconds());
+        }
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         String::from_utf8(buf).map_err(|e| prometheus::Error::Msg(e.to_string()))

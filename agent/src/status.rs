@@ -42,6 +42,9 @@ pub struct Status {
     pub attachments: Vec<AttachmentReport>,
     pub maps: Vec<MapReport>,
     pub errors: Vec<String>,
+    /// The Kubernetes API server source, when the agent watches one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<crate::kube_source::KubeStatus>,
 }
 
 impl Status {
@@ -60,6 +63,7 @@ impl Status {
             attachments: report.attachments,
             maps: report.maps,
             errors: report.errors,
+            kubernetes: None,
         }
     }
 
@@ -92,6 +96,37 @@ impl Status {
                 " (absent: no data plane)"
             }
         );
+
+        if let Some(k) = &self.kubernetes {
+            let state = if k.stale_seconds > 0.0 {
+                format!(
+                    "STALE for {} (the data plane keeps its last state)",
+                    human_duration(k.stale_seconds)
+                )
+            } else if k.synced {
+                "synced".to_owned()
+            } else {
+                "listing".to_owned()
+            };
+            let _ = writeln!(
+                out,
+                "kubernetes: {} (node {}, EndpointSlice {}): {state}",
+                k.source,
+                k.node_name,
+                k.endpoint_slices.as_deref().unwrap_or("not yet discovered")
+            );
+            for (kind, h) in &k.kinds {
+                let _ = write!(
+                    out,
+                    "  {kind:<14} {:>6} objects  {} relists  {} errors",
+                    h.objects, h.relists, h.errors
+                );
+                if let (Some(failing), Some(err)) = (h.failing_for_seconds, &h.last_error) {
+                    let _ = write!(out, "  failing for {}: {err}", human_duration(failing));
+                }
+                let _ = writeln!(out);
+            }
+        }
 
         // Pin names cannot hold '/': a cgroup target is pinned as `cgroup:%sys%fs%cgroup`.
         let targets: Vec<String> = self
@@ -183,6 +218,7 @@ mod tests {
                 pin: "/sys/fs/bpf/berth/maps/CONTAINERS".into(),
             }],
             errors: vec![],
+            kubernetes: None,
         };
         let table = status.render_table();
         assert!(table.contains("not running"), "{table}");

@@ -243,8 +243,8 @@ fn print_outcome(out: &serde_json::Value) {
 
 fn render_list(views: &[ServiceView]) -> String {
     let mut out = format!(
-        "{:<32} {:<13} {:<44} {:>8}\n",
-        "SERVICE", "TYPE", "FRONTENDS", "BACKENDS"
+        "{:<32} {:<13} {:<44} {:>8} {}\n",
+        "SERVICE", "TYPE", "FRONTENDS", "BACKENDS", "SOURCE"
     );
     for v in views {
         let kind = v
@@ -264,8 +264,12 @@ fn render_list(views: &[ServiceView]) -> String {
             .iter()
             .flat_map(|f| f.backends.iter().map(|b| (b.addr, b.port)))
             .collect();
+        let source = match v.shadows {
+            Some(other) => format!("{} (shadows {other})", v.source),
+            None => v.source.to_string(),
+        };
         out.push_str(&format!(
-            "{:<32} {:<13} {:<44} {:>8}\n",
+            "{:<32} {:<13} {:<44} {:>8} {}\n",
             v.service,
             kind,
             if fronts.is_empty() {
@@ -274,13 +278,22 @@ fn render_list(views: &[ServiceView]) -> String {
                 fronts.join(",")
             },
             backends.len(),
+            source,
         ));
     }
     out
 }
 
 fn render_show(v: &ServiceView) -> String {
-    let mut out = format!("Service: {}\n", v.service);
+    let mut out = format!("Service: {}\nSource:  {}\n", v.service, v.source);
+    if let Some(other) = v.shadows {
+        out.push_str(&format!(
+            "         (the {other} source also defines it; files win until deleted)\n"
+        ));
+    }
+    for conflict in &v.conflicts {
+        out.push_str(&format!("Conflict: {conflict}\n"));
+    }
     if let Some(kind) = v.detail.get("service_type").and_then(|t| t.as_str()) {
         out.push_str(&format!("Type:    {kind}\n"));
     }

@@ -311,6 +311,18 @@ impl From<Service> for Object {
     }
 }
 
+impl From<Box<Service>> for Object {
+    fn from(s: Box<Service>) -> Self {
+        Object::Service(s)
+    }
+}
+
+impl From<Box<EndpointSlice>> for Object {
+    fn from(s: Box<EndpointSlice>) -> Self {
+        Object::EndpointSlice(s)
+    }
+}
+
 impl From<EndpointSlice> for Object {
     fn from(s: EndpointSlice) -> Self {
         Object::EndpointSlice(Box::new(s))

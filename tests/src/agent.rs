@@ -138,9 +138,13 @@ impl AgentProcess {
 
     /// Scrapes `/metrics` from the address the agent reports.
     pub fn scrape(&self) -> anyhow::Result<String> {
+        http_get(&self.metrics_addr()?, "/metrics")
+    }
+
+    /// The metrics endpoint's address, as the agent reports it.
+    pub fn metrics_addr(&self) -> anyhow::Result<String> {
         let status = self.status()?;
-        let addr = status.agent.context("agent not running")?.metrics_addr;
-        http_get(&addr, "/metrics")
+        Ok(status.agent.context("agent not running")?.metrics_addr)
     }
 
     pub fn pid(&self) -> Option<u32> {

@@ -9,12 +9,15 @@
 //! - [`bundle::TestBundle`]: a busybox OCI bundle with the static checker, run by `berth-runc`.
 //! - [`agent::AgentProcess`]: a `berth agent` child on a private pin root, socket and port.
 //! - [`network::NetEnv`]: a private engine on a private bridge and pod CIDR, torn down on drop.
+//! - [`kube_cluster::KubeCluster`]: a real Kubernetes 1.20.2 control plane (etcd, API server,
+//!   controller manager) in its own network namespace, torn down on drop.
 //!
 //! Tests using these run single-threaded (`--test-threads=1`): they share the kernel.
 
 pub mod agent;
 pub mod bundle;
 pub mod cluster;
+pub mod kube_cluster;
 pub mod netns;
 pub mod network;
 pub mod packet;

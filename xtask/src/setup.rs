@@ -62,7 +62,32 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "strace",
         "the audit test checks syscall counts against strace -f -c; audit benchmark baseline",
     ),
+    (
+        "etcd-server",
+        "the Kubernetes tests run a real kube-apiserver, which stores in etcd",
+    ),
+    (
+        "golang-1.19-go",
+        "builds kube-apiserver, kube-controller-manager, kube-proxy and kubectl 1.20.2 from Debian's source package",
+    ),
+    (
+        "golang-github-modern-go-reflect2-dev",
+        "reflect2 1.0.2 replaces the vendored 1.0.1 that crashes the API server under Go 1.19",
+    ),
+    ("rsync", "the Kubernetes build (make) needs it"),
+    (
+        "dpkg-dev",
+        "apt-get source unpacks Debian's kubernetes source package",
+    ),
+    (
+        "conntrack",
+        "kube-proxy (the Kubernetes benchmark baseline) flushes conntrack entries with it",
+    ),
 ];
+
+/// Where the Kubernetes 1.20.2 binaries are cached (keyed by version: a warm machine skips the
+/// ten-minute build). The tests read the same path (`tests/src/kube_cluster.rs`).
+pub const KUBERNETES_CACHE: &str = "/var/cache/berth/k8s-1.20.2";
 
 /// Packages only the benchmarks need (`cargo xtask bench audit`): the tracers berth's syscall
 /// auditing is compared with.
@@ -86,6 +111,7 @@ pub fn run() -> Result<()> {
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
+    kubernetes()?;
     eprintln!("xtask setup: ready in {:.1?}", started.elapsed());
     Ok(())
 }
@@ -154,6 +180,14 @@ fn nightly_rust_src() -> Result<()> {
         "rustup",
         &["component", "add", "rust-src", "--toolchain", "nightly"],
     )
+}
+
+/// kube-apiserver, kube-controller-manager, kube-proxy and kubectl 1.20.2, built from Debian's
+/// source package (no registry here ships them; see shared/KUBERNETES.md) and cached.
+fn kubernetes() -> Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/build-kubernetes.sh");
+    sh::run("bash", &[script, KUBERNETES_CACHE])
+        .context("building the Kubernetes binaries the tests run against")
 }
 
 fn bpf_linker() -> Result<()> {
