@@ -172,6 +172,10 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         config.policy_audit,
         metrics.policy.clone(),
         Some(events.clone()),
+        config
+            .kubernetes
+            .is_some()
+            .then_some(config.node_name.as_str()),
     )?;
     let policy = Arc::new(std::sync::Mutex::new(policy_store));
     let audit_store = AuditStore::open(
@@ -225,6 +229,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 client,
                 handle.clone(),
                 services.clone(),
+                policy.clone(),
                 metrics.clone(),
             ));
             Some(handle)

@@ -20,12 +20,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     metrics::Metrics,
+    policy::{PolicyKubeChange, PolicyStore},
     services::{KubeChange, ServiceStore},
 };
 
-/// The kinds the agent watches. (Pods, Namespaces and NetworkPolicies join when the policy
-/// store takes them from the API server.)
-pub const WATCHED: [Kind; 2] = [Kind::Service, Kind::EndpointSlice];
+/// The kinds the agent watches: Services and EndpointSlices for the service store;
+/// NetworkPolicies, Namespaces and Pods for the policy store.
+pub const WATCHED: [Kind; 5] = Kind::ALL;
 
 /// Most updates applied as one batch (a relist of a kind counts as one).
 const MAX_BATCH: usize = 20_000;
@@ -129,6 +130,7 @@ pub async fn run(
     client: berth_kube::Client,
     handle: KubeHandle,
     services: Arc<Mutex<ServiceStore>>,
+    policy: Arc<Mutex<PolicyStore>>,
     metrics: Arc<Metrics>,
 ) {
     let version = discover_version(&client, &handle.health).await;
@@ -153,11 +155,13 @@ pub async fn run(
     drop(tx);
     while let Some(batch) = batches(&mut rx, MAX_BATCH).await {
         let services = services.clone();
+        let policy = policy.clone();
         let metrics = metrics.clone();
         let handle = handle.clone();
-        let applied =
-            tokio::task::spawn_blocking(move || apply_batch(batch, &services, &metrics, &handle))
-                .await;
+        let applied = tokio::task::spawn_blocking(move || {
+            apply_batch(batch, &services, &policy, &metrics, &handle)
+        })
+        .await;
         if let Err(e) = applied {
             tracing::error!(error = %e, "applying Kubernetes changes panicked");
         }
@@ -167,59 +171,95 @@ pub async fn run(
     }
 }
 
-/// Writes one batch into the store, then records each change's programming latency.
+/// Writes one batch into the stores, then records each change's programming latency.
 fn apply_batch(
     batch: Vec<Received>,
     services: &Mutex<ServiceStore>,
+    policy: &Mutex<PolicyStore>,
     metrics: &Metrics,
     handle: &KubeHandle,
 ) {
     let received: Vec<std::time::Instant> = batch.iter().map(|r| r.at).collect();
-    let mut changes = Vec::with_capacity(batch.len());
+    let mut service_changes = Vec::new();
+    let mut policy_changes = Vec::new();
     let mut relisted = Vec::new();
     for update in batch.into_iter().map(|r| r.update) {
         let kind = update.kind();
-        let change = match update {
-            Update::Service(change) => convert(change, berth_services::Kind::Service),
-            Update::EndpointSlice(change) => convert(change, berth_services::Kind::EndpointSlice),
-            // Not watched yet (see WATCHED).
-            Update::Pod(_) | Update::Namespace(_) | Update::NetworkPolicy(_) => continue,
+        let is_relist = match &update {
+            Update::Service(c) => matches!(c, Change::Relisted(_)),
+            Update::EndpointSlice(c) => matches!(c, Change::Relisted(_)),
+            Update::Pod(c) => matches!(c, Change::Relisted(_)),
+            Update::Namespace(c) => matches!(c, Change::Relisted(_)),
+            Update::NetworkPolicy(c) => matches!(c, Change::Relisted(_)),
         };
-        if matches!(change, KubeChange::Relisted(..)) {
+        if is_relist {
             relisted.push(kind);
         }
-        changes.push(change);
-    }
-    let result = services
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .apply_kube(changes);
-    match result {
-        Ok(outcome) => {
-            for at in &received {
-                metrics.kube_programming.observe(at.elapsed().as_secs_f64());
+        match update {
+            Update::Service(change) => {
+                service_changes.push(convert(change, berth_services::Kind::Service))
             }
-            tracing::debug!(
-                updates = received.len(),
+            Update::EndpointSlice(change) => {
+                service_changes.push(convert(change, berth_services::Kind::EndpointSlice))
+            }
+            Update::Pod(change) => policy_changes.push(PolicyKubeChange::Pod(change)),
+            Update::Namespace(change) => policy_changes.push(PolicyKubeChange::Namespace(change)),
+            Update::NetworkPolicy(change) => {
+                policy_changes.push(PolicyKubeChange::NetworkPolicy(change))
+            }
+        }
+    }
+    let mut ok = true;
+    if !service_changes.is_empty() {
+        let result = services
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_kube(service_changes);
+        match result {
+            Ok(outcome) => tracing::debug!(
                 services = outcome.services_touched,
                 added = outcome.dataplane.frontends_added,
                 updated = outcome.dataplane.frontends_updated,
                 removed = outcome.dataplane.frontends_removed,
                 rejected = outcome.rejected.len(),
-                "Kubernetes changes programmed"
-            );
-            handle
-                .applied
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(relisted);
-            if handle.synced() {
-                metrics.ready.store(true, Ordering::Relaxed);
+                "Kubernetes service changes programmed"
+            ),
+            Err(e) => {
+                ok = false;
+                tracing::error!(error = %e, "Kubernetes service changes not programmed; the maps keep their last state");
             }
         }
-        Err(e) => {
-            tracing::error!(error = %e, updates = received.len(), "Kubernetes changes not programmed; the maps keep their last state");
+    }
+    if !policy_changes.is_empty() {
+        let result = policy
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply_kube(policy_changes);
+        match result {
+            Ok((changes, rejected)) => tracing::debug!(
+                ?changes,
+                rejected = rejected.len(),
+                "Kubernetes policy changes programmed"
+            ),
+            Err(e) => {
+                ok = false;
+                tracing::error!(error = %e, "Kubernetes policy changes not programmed; the maps keep their last state");
+            }
         }
+    }
+    if !ok {
+        return;
+    }
+    for at in &received {
+        metrics.kube_programming.observe(at.elapsed().as_secs_f64());
+    }
+    handle
+        .applied
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .extend(relisted);
+    if handle.synced() {
+        metrics.ready.store(true, Ordering::Relaxed);
     }
 }
 

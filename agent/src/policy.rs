@@ -1,9 +1,13 @@
 //! The agent's desired state for NetworkPolicy and its one reconcile path into the data plane.
 //!
-//! Policies and Namespaces arrive as manifests (`berth policy apply`, through the API); pods are
-//! the bridge-networked containers of the engine on this node (their labels, address, and
+//! Policies and Namespaces arrive from two sources: manifests (`berth policy apply`, through the
+//! API socket) and the Kubernetes API server's watches. A file's object wins over the API
+//! server's of the same kind, namespace and name (as for services). Pods are the
+//! bridge-networked containers of the engine on this node (their labels, address, and
 //! `port.berth.io/NAME` labels for named ports; the namespace is the
-//! `io.kubernetes.pod.namespace` label, as the CRI sets it, else `default`). Every change is
+//! `io.kubernetes.pod.namespace` label, as the CRI sets it, else `default`) and, with the API
+//! server, its Pods: those on this node reached through a veth are endpoints (the agent attaches
+//! the pod programs to that veth), all of them are peers with an identity. Every change is
 //! validated as a whole first (a bad object changes nothing), compiled by `berth-netpolicy` into
 //! identities and per-endpoint tables, and written by [`PolicyWriter`], which writes only what
 //! differs. The manifests, the identity numbers and the rule ids are persisted under the state
@@ -20,6 +24,14 @@ use std::{
 use berth_common::lb::{PROTO_SCTP, PROTO_TCP, PROTO_UDP};
 use berth_netpolicy::{
     ClusterState, Compiled, Identities, NamedPort, Namespace, Peer, Pod, Policy, Protocol, RuleRef,
+};
+
+use berth_kube::{
+    Change,
+    k8s_openapi::api::{
+        core::v1::{Namespace as KubeNamespace, Pod as KubePod},
+        networking::v1::NetworkPolicy,
+    },
 };
 
 use crate::{
@@ -108,6 +120,82 @@ pub struct PolicyStore {
     events: Option<Arc<crate::events::EventHub>>,
     /// Rule ids the reconcile in progress has put in tables.
     used_rules: std::collections::HashSet<u32>,
+    /// The Kubernetes API server's objects; None without a Kubernetes source.
+    api: Option<FromApi>,
+    /// This node's name (its API Pods are endpoints); empty without a Kubernetes source.
+    node_name: String,
+    pin_root: PathBuf,
+    /// Host veths of API pods the agent attached the pod programs to.
+    attached: BTreeSet<String>,
+    /// Every pod of the last reconcile (endpoints and peers), for explain.
+    cluster_pods: Vec<Pod>,
+    /// The policies and namespaces in force (files over the API server), from the last
+    /// reconcile.
+    effective_policies: BTreeMap<String, Policy>,
+    effective_namespaces: BTreeMap<String, Namespace>,
+}
+
+/// A change from the API server's watches, for the policy store.
+#[derive(Debug, Clone)]
+pub enum PolicyKubeChange {
+    NetworkPolicy(Change<Box<NetworkPolicy>>),
+    Namespace(Change<Box<KubeNamespace>>),
+    Pod(Change<Box<KubePod>>),
+}
+
+/// What the API server says, as the store keeps it (not persisted: the pinned maps keep their
+/// last state until the first lists after a start arrive, see [`PolicyStore::open`]).
+#[derive(Debug, Default)]
+struct FromApi {
+    policies: BTreeMap<String, Policy>,
+    namespaces: BTreeMap<String, Namespace>,
+    /// By `namespace/name`: the pod and its node.
+    pods: BTreeMap<String, (Pod, Option<String>)>,
+    /// Kinds listed at least once.
+    listed: BTreeSet<&'static str>,
+}
+
+/// The kinds the policy store takes from the API server.
+const API_KINDS: [&str; 3] = ["NetworkPolicy", "Namespace", "Pod"];
+
+/// A Pod object as a policy pod: None while it has no address, has finished, or uses the
+/// host's network (policies do not apply to it; as a peer it is its node's address).
+fn api_pod(pod: &KubePod) -> Option<(Pod, Option<String>)> {
+    let spec = pod.spec.as_ref()?;
+    if spec.host_network == Some(true) {
+        return None;
+    }
+    let status = pod.status.as_ref()?;
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return None;
+    }
+    let ip: Ipv4Addr = status.pod_ip.as_deref()?.parse().ok()?;
+    let ports = spec
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().flatten())
+        .filter_map(|p| {
+            Some(NamedPort {
+                name: p.name.clone()?,
+                port: u16::try_from(p.container_port).ok()?,
+                protocol: Protocol::from_api(p.protocol.as_deref().unwrap_or("TCP"))?,
+            })
+        })
+        .collect();
+    Some((
+        Pod {
+            namespace: pod
+                .metadata
+                .namespace
+                .clone()
+                .unwrap_or_else(|| "default".to_owned()),
+            name: pod.metadata.name.clone().unwrap_or_default(),
+            labels: pod.metadata.labels.clone().unwrap_or_default(),
+            ip: Some(ip),
+            ports,
+        },
+        spec.node_name.clone(),
+    ))
 }
 
 /// A pod on this node, from the engine's records.
@@ -194,6 +282,8 @@ impl PolicyStore {
         global_audit: bool,
         metrics: PolicyMetrics,
         events: Option<Arc<crate::events::EventHub>>,
+        // With a Kubernetes source: this node's name (its API Pods are the endpoints).
+        kubernetes_node: Option<&str>,
     ) -> Result<Self, PolicyStoreError> {
         let (file, state) = StateFile::open::<Persisted>(
             &state_dir.join("policies.json"),
@@ -214,6 +304,13 @@ impl PolicyStore {
             pods: Vec::new(),
             events,
             used_rules: Default::default(),
+            api: kubernetes_node.map(|_| FromApi::default()),
+            node_name: kubernetes_node.unwrap_or_default().to_owned(),
+            pin_root: layout.root.clone(),
+            attached: BTreeSet::new(),
+            cluster_pods: Vec::new(),
+            effective_policies: BTreeMap::new(),
+            effective_namespaces: BTreeMap::new(),
         };
         // The saved objects, parsed once (they were valid when applied; a file edited since
         // that no longer parses is an error, as a corrupt file is).
@@ -232,6 +329,16 @@ impl PolicyStore {
             berth_netpolicy::parse_objects(&bytes, &store.file.path().display().to_string())?;
         store.insert_parsed(objects);
         store.refresh_node();
+        if store.api.is_some() {
+            // The API server's objects are not persisted: reconciling now would drop the
+            // tables of its pods and policies. The pinned maps keep enforcing their last state
+            // until the first lists arrive.
+            tracing::info!(
+                policies = store.policies.len(),
+                "policies from files loaded; the maps keep their last state until the Kubernetes API server's first lists"
+            );
+            return Ok(store);
+        }
         let (changes, _, _) = store.reconcile()?;
         tracing::info!(
             policies = store.policies.len(),
@@ -295,8 +402,204 @@ impl PolicyStore {
     /// Compiles the desired state for the node's current pods and writes the difference into
     /// the maps.
     fn reconcile(&mut self) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
-        let pods = self.local_pods();
+        if self.waiting_for_api() {
+            return Ok((PolicyChanges::default(), 0.0, 0.0));
+        }
+        let pods = self.endpoints();
         self.reconcile_pods(pods)
+    }
+
+    /// A Kubernetes source that has not listed every kind yet: the maps keep their last state.
+    fn waiting_for_api(&self) -> bool {
+        self.api
+            .as_ref()
+            .is_some_and(|api| API_KINDS.iter().any(|k| !api.listed.contains(k)))
+    }
+
+    /// The endpoints on this node: the engine's containers and, with the API server, its Pods
+    /// bound to this node that the host reaches through a veth (attached on the way).
+    fn endpoints(&mut self) -> Vec<LocalPod> {
+        let mut pods = self.local_pods();
+        let Some(api) = &self.api else {
+            return pods;
+        };
+        let engine_keys: BTreeSet<String> = pods.iter().map(|p| p.pod.key()).collect();
+        let mine: Vec<&Pod> = api
+            .pods
+            .iter()
+            .filter(|(key, (_, node))| {
+                node.as_deref() == Some(self.node_name.as_str()) && !engine_keys.contains(*key)
+            })
+            .map(|(_, (pod, _))| pod)
+            .collect();
+        let routes = if mine.is_empty() {
+            Vec::new()
+        } else {
+            berth_runtime::network::veth_routes().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "listing veth routes; this node's API pods are not enforced");
+                Vec::new()
+            })
+        };
+        let mut veths = BTreeSet::new();
+        for pod in mine {
+            let Some(ip) = pod.ip else { continue };
+            // The longest prefix through a veth that covers the pod's address.
+            let route = routes
+                .iter()
+                .filter(|r| {
+                    let mask = u32::MAX
+                        .checked_shl(32 - u32::from(r.prefix_len.min(32)))
+                        .unwrap_or(0);
+                    u32::from(r.dst) & mask == u32::from(ip) & mask
+                })
+                .max_by_key(|r| r.prefix_len);
+            let Some(route) = route else {
+                tracing::debug!(pod = %pod.key(), %ip, "no veth route to this node's pod: not an endpoint berth can enforce");
+                continue;
+            };
+            if !self.attached.contains(&route.ifname) {
+                match crate::dataplane::pods::attach_pod_veth(&self.pin_root, &route.ifname) {
+                    Ok(_) => {
+                        tracing::info!(pod = %pod.key(), veth = %route.ifname, "pod programs attached");
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %pod.key(), veth = %route.ifname, error = %e, "attaching the pod programs failed; the pod is not enforced");
+                        continue;
+                    }
+                }
+            }
+            veths.insert(route.ifname.clone());
+            pods.push(LocalPod {
+                pod: pod.clone(),
+                container_id: String::new(),
+                ifindex: route.ifindex,
+            });
+        }
+        for gone in self.attached.difference(&veths) {
+            crate::dataplane::pods::detach_pod_veth(&self.pin_root, gone);
+        }
+        self.attached = veths;
+        pods
+    }
+
+    /// The policies and namespaces in force: files over the API server's.
+    fn effective(&self) -> (BTreeMap<String, Policy>, BTreeMap<String, Namespace>) {
+        let mut policies = self.policies.clone();
+        let mut namespaces = self.namespaces.clone();
+        if let Some(api) = &self.api {
+            for (k, p) in &api.policies {
+                policies.entry(k.clone()).or_insert_with(|| p.clone());
+            }
+            for (k, n) in &api.namespaces {
+                namespaces.entry(k.clone()).or_insert_with(|| n.clone());
+            }
+        }
+        (policies, namespaces)
+    }
+
+    /// Applies a batch of changes from the API server's watches. A policy that does not
+    /// compile is skipped and reported (the API server accepted it; berth cannot enforce it),
+    /// the rest is applied.
+    pub fn apply_kube(
+        &mut self,
+        changes: Vec<PolicyKubeChange>,
+    ) -> Result<(PolicyChanges, Vec<String>), PolicyStoreError> {
+        let api = self.api.get_or_insert_with(FromApi::default);
+        let mut rejected = Vec::new();
+        for change in changes {
+            match change {
+                PolicyKubeChange::NetworkPolicy(change) => {
+                    let key = |np: &NetworkPolicy| {
+                        policy_key(
+                            np.metadata.namespace.as_deref().unwrap_or("default"),
+                            np.metadata.name.as_deref().unwrap_or_default(),
+                        )
+                    };
+                    let mut put = |api: &mut FromApi, np: &NetworkPolicy| {
+                        match berth_netpolicy::compile(np) {
+                            Ok(p) => {
+                                api.policies.insert(key(np), p);
+                            }
+                            Err(problems) => {
+                                api.policies.remove(&key(np));
+                                let text = berth_netpolicy::Error::Invalid { problems }.to_string();
+                                tracing::warn!(error = %text, "NetworkPolicy from the Kubernetes API not enforced");
+                                rejected.push(text);
+                            }
+                        }
+                    };
+                    match change {
+                        Change::Applied(np) => put(api, &np),
+                        Change::Deleted(np) => {
+                            api.policies.remove(&key(&np));
+                        }
+                        Change::Relisted(all) => {
+                            api.policies.clear();
+                            for np in &all {
+                                put(api, np);
+                            }
+                            api.listed.insert("NetworkPolicy");
+                        }
+                    }
+                }
+                PolicyKubeChange::Namespace(change) => {
+                    let of = |ns: &KubeNamespace| {
+                        let name = ns.metadata.name.clone().unwrap_or_default();
+                        (
+                            namespace_key(&name),
+                            Namespace {
+                                name,
+                                labels: ns.metadata.labels.clone().unwrap_or_default(),
+                            },
+                        )
+                    };
+                    match change {
+                        Change::Applied(ns) => {
+                            let (k, n) = of(&ns);
+                            api.namespaces.insert(k, n);
+                        }
+                        Change::Deleted(ns) => {
+                            api.namespaces.remove(&of(&ns).0);
+                        }
+                        Change::Relisted(all) => {
+                            api.namespaces = all.iter().map(|ns| of(ns)).collect();
+                            api.listed.insert("Namespace");
+                        }
+                    }
+                }
+                PolicyKubeChange::Pod(change) => {
+                    let key = |p: &KubePod| {
+                        format!(
+                            "{}/{}",
+                            p.metadata.namespace.as_deref().unwrap_or("default"),
+                            p.metadata.name.as_deref().unwrap_or_default()
+                        )
+                    };
+                    match change {
+                        Change::Applied(p) => match api_pod(&p) {
+                            Some(pod) => {
+                                api.pods.insert(key(&p), pod);
+                            }
+                            None => {
+                                api.pods.remove(&key(&p));
+                            }
+                        },
+                        Change::Deleted(p) => {
+                            api.pods.remove(&key(&p));
+                        }
+                        Change::Relisted(all) => {
+                            api.pods = all
+                                .iter()
+                                .filter_map(|p| api_pod(p).map(|pod| (key(p), pod)))
+                                .collect();
+                            api.listed.insert("Pod");
+                        }
+                    }
+                }
+            }
+        }
+        let (changes, _, _) = self.reconcile()?;
+        Ok((changes, rejected))
     }
 
     fn reconcile_pods(
@@ -305,10 +608,21 @@ impl PolicyStore {
     ) -> Result<(PolicyChanges, f64, f64), PolicyStoreError> {
         let started = Instant::now();
         self.used_rules.clear();
-        let all: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
+        let mut all: Vec<Pod> = pods.iter().map(|p| p.pod.clone()).collect();
         let endpoint_keys: Vec<String> = pods.iter().map(|p| p.pod.key()).collect();
-        let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        let namespaces: Vec<Namespace> = self.namespaces.values().cloned().collect();
+        if let Some(api) = &self.api {
+            // Every other pod of the cluster is a peer with an identity.
+            let known: BTreeSet<&String> = endpoint_keys.iter().collect();
+            all.extend(
+                api.pods
+                    .iter()
+                    .filter(|(key, _)| !known.contains(key))
+                    .map(|(_, (pod, _))| pod.clone()),
+            );
+        }
+        let (effective_policies, effective_namespaces) = self.effective();
+        let policies: Vec<Policy> = effective_policies.values().cloned().collect();
+        let namespaces: Vec<Namespace> = effective_namespaces.values().cloned().collect();
         let compiled = berth_netpolicy::compile_tables(
             &ClusterState {
                 policies: &policies,
@@ -353,8 +667,7 @@ impl PolicyStore {
             let ingress = kernel(&tables.ingress, self);
             let egress = kernel(&tables.egress, self);
             let audit = self.global_audit
-                || self
-                    .namespaces
+                || effective_namespaces
                     .get(&namespace_key(&lp.pod.namespace))
                     .and_then(|n| n.labels.get(AUDIT_LABEL))
                     .is_some_and(|v| v == "true");
@@ -381,7 +694,7 @@ impl PolicyStore {
         self.metrics
             .reconcile_seconds
             .observe(compile_seconds + reconcile_seconds);
-        self.metrics.policies.set(self.policies.len() as i64);
+        self.metrics.policies.set(policies.len() as i64);
         self.metrics.endpoints.set(endpoints.len() as i64);
         self.metrics
             .identities
@@ -391,6 +704,9 @@ impl PolicyStore {
         self.metrics.rules.set(rules as i64);
         self.compiled = Some(compiled);
         self.pods = pods;
+        self.cluster_pods = all;
+        self.effective_policies = effective_policies;
+        self.effective_namespaces = effective_namespaces;
         if let Some(hub) = &self.events {
             self.publish_attribution(hub);
         }
@@ -509,7 +825,10 @@ impl PolicyStore {
         // The first container on a bridge brings the bridge's address (a node address) up.
         let node_before = std::mem::take(&mut self.node_addrs);
         self.refresh_node();
-        let pods = self.local_pods();
+        if self.waiting_for_api() {
+            return Ok(PolicyChanges::default());
+        }
+        let pods = self.endpoints();
         if self.compiled.is_some() && pods == self.pods && self.node_addrs == node_before {
             return Ok(PolicyChanges::default());
         }
@@ -520,7 +839,7 @@ impl PolicyStore {
     pub fn view(&self) -> serde_json::Value {
         let compiled = self.compiled.as_ref();
         let policies: Vec<serde_json::Value> = self
-            .policies
+            .effective_policies
             .values()
             .map(|p| {
                 let selected: Vec<String> = self
@@ -563,7 +882,7 @@ impl PolicyStore {
             })
             .collect();
         let namespaces: Vec<serde_json::Value> = self
-            .namespaces
+            .effective_namespaces
             .values()
             .map(|n| serde_json::json!({ "name": n.name, "labels": n.labels }))
             .collect();
@@ -587,13 +906,13 @@ impl PolicyStore {
         let proto = Protocol::from_api(&proto.to_ascii_uppercase()).ok_or_else(|| {
             PolicyStoreError::Lookup(format!("unknown protocol {proto:?}: TCP, UDP or SCTP"))
         })?;
-        let pods: Vec<Pod> = self.pods.iter().map(|p| p.pod.clone()).collect();
-        let policies: Vec<Policy> = self.policies.values().cloned().collect();
-        let namespaces: Vec<Namespace> = self.namespaces.values().cloned().collect();
-        let from = self.resolve(&pods, from)?;
-        let to = self.resolve(&pods, to)?;
+        let pods = &self.cluster_pods;
+        let policies: Vec<Policy> = self.effective_policies.values().cloned().collect();
+        let namespaces: Vec<Namespace> = self.effective_namespaces.values().cloned().collect();
+        let from = self.resolve(pods, from)?;
+        let to = self.resolve(pods, to)?;
         let verdict =
-            berth_netpolicy::evaluate(&policies, &pods, &namespaces, from, to, port, proto);
+            berth_netpolicy::evaluate(&policies, pods, &namespaces, from, to, port, proto);
         Ok(serde_json::json!({
             "allowed": verdict.allowed,
             "explanation": verdict.reason.to_string(),
@@ -648,7 +967,7 @@ impl PolicyStore {
                 (berth_common::policy::DIR_EGRESS, false),
             ] {
                 let selecting: Vec<String> = self
-                    .policies
+                    .effective_policies
                     .values()
                     .filter(|p| {
                         let rules = if ingress { &p.ingress } else { &p.egress };

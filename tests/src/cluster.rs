@@ -225,8 +225,22 @@ pub fn svc(
     args: &[&str],
     stdin: &str,
 ) -> anyhow::Result<(bool, String, String)> {
+    berth_subcommand("svc", api_socket, args, stdin)
+}
+
+/// `berth policy --api-socket SOCK ARGS`: (success, stdout, stderr).
+pub fn policy(api_socket: &Path, args: &[&str]) -> anyhow::Result<(bool, String, String)> {
+    berth_subcommand("policy", api_socket, args, "")
+}
+
+fn berth_subcommand(
+    subcommand: &str,
+    api_socket: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> anyhow::Result<(bool, String, String)> {
     let mut child = Command::new(berth_bin()?)
-        .arg("svc")
+        .arg(subcommand)
         .arg("--api-socket")
         .arg(api_socket)
         .args(args)

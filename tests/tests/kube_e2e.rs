@@ -162,6 +162,19 @@ impl Fixture {
         }
     }
 
+    /// Polls `pred` (at most 20 s).
+    fn wait_until(&self, pred: impl Fn() -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !pred() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}: not after 20 s\nagent log:\n{}",
+                self.agent.logs()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn svc_ls(&self) -> String {
         let (ok, out, err) = svc(&self.agent.paths.api_socket, &["ls"], "").expect("svc ls");
         assert!(ok, "svc ls: {err}");
@@ -426,4 +439,95 @@ fn deploy_manifests_are_accepted_and_grant_only_reads() {
     }
     assert!(!can("get", "secrets"), "no Secrets");
     assert!(!can("list", "nodes"), "no Nodes (not read)");
+}
+
+/// A NetworkPolicy created through the API server is enforced on this node's API pods: the
+/// client whose Pod object carries the allowed label gets through, another is denied (the
+/// connection fails and the kernel counts the denial); deleting the policy opens it again.
+#[test]
+fn network_policy_from_the_api_server_is_enforced() {
+    if !prerequisites("network_policy_from_the_api_server_is_enforced") {
+        return;
+    }
+    let fx = Fixture::new("kubepol", 1);
+    let other = Pod::create("kcli2", 76).expect("second client pod");
+    fx.pod(0, "web", true);
+    for (pod, role) in [(&fx.client, "frontend"), (&other, "other")] {
+        fx.cluster
+            .create_pod(
+                "default",
+                &pod.name,
+                &[("role", role)],
+                pod.ip(),
+                NODE,
+                true,
+            )
+            .expect("client Pod object");
+    }
+    let server = format!("{}:{PORT}", fx.backends[0].ip());
+    let from =
+        |pod: &Pod| client(None, Some(&pod.net.ns), &["tcp-count", &server, "1"]).expect("client");
+    assert_eq!(from(&fx.client), vec!["kb0"], "no policy yet");
+    assert_eq!(from(&other), vec!["kb0"], "no policy yet");
+
+    fx.cluster
+        .apply(&format!(
+            "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata:\n  name: web-from-frontend\n  namespace: default\nspec:\n  podSelector:\n    matchLabels:\n      app: web\n  ingress:\n  - from:\n    - podSelector:\n        matchLabels:\n          role: frontend\n    ports:\n    - port: {PORT}\n"
+        ))
+        .expect("kubectl apply networkpolicy");
+    let denied = r#"berth_policy_verdicts_total{action="denied",direction="ingress"}"#;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if from(&other) != vec!["kb0"] {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the policy is not enforced after 20 s:\n{}",
+            fx.agent.logs()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(from(&fx.client), vec!["kb0"], "the frontend pod is allowed");
+    let before = sample(&fx.scrape(), denied).unwrap_or_default();
+    let lines = from(&other);
+    assert!(lines[0].starts_with("ERR"), "{lines:?}");
+    let after = sample(&fx.scrape(), denied).unwrap_or_default();
+    assert!(
+        after > before,
+        "the kernel counted the denial: {before} -> {after}"
+    );
+    let (ok, out, err) = berth_tests::cluster::policy(
+        &fx.agent.paths.api_socket,
+        &[
+            "explain",
+            "--from",
+            &other.ip().to_string(),
+            "--to",
+            "default/kb0",
+            "--port",
+            &format!("{PORT}/TCP"),
+        ],
+    )
+    .expect("policy explain");
+    assert!(
+        !ok && out.contains("default/web-from-frontend"),
+        "explain names the policy from the API server: {out}{err}"
+    );
+
+    // Relabel the second client's Pod: it is allowed now.
+    fx.cluster
+        .kubectl(&["label", "pod", &other.name, "role=frontend", "--overwrite"])
+        .expect("relabel");
+    fx.wait_until(|| from(&other) == vec!["kb0"], "relabelled pod allowed");
+
+    // Deleting the policy through the API lifts it.
+    fx.cluster
+        .kubectl(&["label", "pod", &other.name, "role=other", "--overwrite"])
+        .expect("relabel back");
+    fx.wait_until(|| from(&other) != vec!["kb0"], "denied again");
+    fx.cluster
+        .kubectl(&["delete", "networkpolicy", "web-from-frontend"])
+        .expect("delete networkpolicy");
+    fx.wait_until(|| from(&other) == vec!["kb0"], "policy deleted");
 }

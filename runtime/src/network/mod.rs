@@ -31,7 +31,7 @@ pub use config::{
     validate_bridge_name,
 };
 pub use ipam::Ipam;
-pub use netlink::CONTAINER_IFNAME;
+pub use netlink::{CONTAINER_IFNAME, VethRoute, veth_routes};
 
 /// Where IPv4 forwarding is switched on: containers' traffic to anything beyond the bridge is
 /// routed by the host.

@@ -524,3 +524,68 @@ pub(crate) fn ifindex(name: &str) -> Result<Option<u32>, NetworkError> {
         Ok(link_by_name(&h, name).await?.map(|l| l.header.index))
     })
 }
+
+/// A route of the main IPv4 table whose output interface is a veth: how the host reaches a pod
+/// that another CNI (or a test) wired to it with a veth pair.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VethRoute {
+    pub dst: Ipv4Addr,
+    pub prefix_len: u8,
+    pub ifindex: u32,
+    pub ifname: String,
+}
+
+/// The main table's IPv4 routes through veth interfaces (connected routes of per-pod /30s and
+/// per-pod /32 routes alike), in the caller's namespace.
+pub fn veth_routes() -> Result<Vec<VethRoute>, NetworkError> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteHeader};
+    block_on(async {
+        let h = connect().await?;
+        let links: Vec<LinkMessage> = h
+            .link()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing links"))?;
+        let veths: std::collections::HashMap<u32, String> = links
+            .iter()
+            .filter(|l| link_kind(l) == Some(&InfoKind::Veth))
+            .filter_map(|l| {
+                l.attributes.iter().find_map(|a| match a {
+                    LinkAttribute::IfName(n) => Some((l.header.index, n.clone())),
+                    _ => None,
+                })
+            })
+            .collect();
+        let routes: Vec<_> = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("listing routes"))?;
+        Ok(routes
+            .into_iter()
+            .filter(|r| r.header.table == RouteHeader::RT_TABLE_MAIN)
+            .filter_map(|r| {
+                let mut dst = Ipv4Addr::UNSPECIFIED;
+                let mut oif = None;
+                for a in &r.attributes {
+                    match a {
+                        RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                        RouteAttribute::Oif(i) => oif = Some(*i),
+                        _ => {}
+                    }
+                }
+                let ifindex = oif?;
+                Some(VethRoute {
+                    dst,
+                    prefix_len: r.header.destination_prefix_length,
+                    ifindex,
+                    ifname: veths.get(&ifindex)?.clone(),
+                })
+            })
+            .collect())
+    })
+}
