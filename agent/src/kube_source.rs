@@ -180,6 +180,7 @@ fn apply_batch(
     handle: &KubeHandle,
 ) {
     let received: Vec<std::time::Instant> = batch.iter().map(|r| r.at).collect();
+    let triggers: Vec<SystemTime> = batch.iter().filter_map(trigger_time).collect();
     let mut service_changes = Vec::new();
     let mut policy_changes = Vec::new();
     let mut relisted = Vec::new();
@@ -253,6 +254,12 @@ fn apply_batch(
     for at in &received {
         metrics.kube_programming.observe(at.elapsed().as_secs_f64());
     }
+    let now = SystemTime::now();
+    for t in triggers {
+        if let Ok(d) = now.duration_since(t) {
+            metrics.kube_network_programming.observe(d.as_secs_f64());
+        }
+    }
     handle
         .applied
         .lock()
@@ -261,6 +268,22 @@ fn apply_batch(
     if handle.synced() {
         metrics.ready.store(true, Ordering::Relaxed);
     }
+}
+
+/// The annotation the EndpointSlice controller sets to when the change that triggered the
+/// slice's update happened (a Pod or Service change).
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// When the change behind an EndpointSlice update happened, as kube-proxy measures its
+/// network programming duration (changes after the first list only).
+fn trigger_time(received: &Received) -> Option<SystemTime> {
+    let Update::EndpointSlice(Change::Applied(slice)) = &received.update else {
+        return None;
+    };
+    let text = slice.metadata.annotations.as_ref()?.get(TRIGGER_TIME)?;
+    let ts: berth_kube::k8s_openapi::jiff::Timestamp = text.parse().ok()?;
+    let nanos = u64::try_from(ts.as_nanosecond()).ok()?;
+    Some(SystemTime::UNIX_EPOCH + std::time::Duration::from_nanos(nanos))
 }
 
 fn convert<T: Into<Object>>(change: Change<T>, kind: berth_services::Kind) -> KubeChange {

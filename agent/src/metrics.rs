@@ -41,6 +41,9 @@ pub struct Metrics {
     /// From receiving an API server event to its map write (kube-proxy's network programming
     /// latency, measured from the agent's side).
     pub kube_programming: prometheus::Histogram,
+    /// From the change behind an EndpointSlice update (its last-change-trigger-time) to the map
+    /// write: kube-proxy's `network_programming_duration_seconds`, end to end.
+    pub kube_network_programming: prometheus::Histogram,
     /// The watches' health, once the Kubernetes source runs (staleness is computed at scrape).
     pub kube_health: std::sync::OnceLock<berth_kube::Health>,
     /// `/readyz`: the data plane is loaded and, with a Kubernetes source, every watched kind's
@@ -126,6 +129,16 @@ impl Metrics {
             ]),
         )?;
         registry.register(Box::new(kube_programming.clone()))?;
+        let kube_network_programming = prometheus::Histogram::with_opts(
+            prometheus::HistogramOpts::new(
+                "berth_kube_network_programming_duration_seconds",
+                "time from the change behind an EndpointSlice update (its endpoints.kubernetes.io/last-change-trigger-time) to its map write, as kube-proxy's network_programming_duration_seconds",
+            )
+            .buckets(vec![
+                0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0,
+            ]),
+        )?;
+        registry.register(Box::new(kube_network_programming.clone()))?;
         registry.register(Box::new(services.reconcile_seconds.clone()))?;
         registry.register(Box::new(services.services.clone()))?;
         registry.register(Box::new(services.frontends.clone()))?;
@@ -238,6 +251,7 @@ impl Metrics {
             events,
             kube,
             kube_programming,
+            kube_network_programming,
             kube_health: std::sync::OnceLock::new(),
             ready: std::sync::atomic::AtomicBool::new(false),
         })

@@ -263,6 +263,18 @@ fn api_server_services_follow_endpoints_terminating_and_deletion() {
     let programmed = sample(&metrics, "berth_kube_programming_latency_seconds_count")
         .expect("programming latency histogram");
     assert!(programmed >= 5.0, "{programmed} changes measured");
+    // Pod changes reach berth through the slice controller: measured from the change itself.
+    let network = sample(
+        &metrics,
+        "berth_kube_network_programming_duration_seconds_count",
+    )
+    .expect("network programming histogram");
+    // (The controller sets the trigger time only when a Pod condition carries its transition
+    // time, which the test's status writes do not always.)
+    assert!(
+        network >= 1.0,
+        "{network} slice changes measured from their trigger"
+    );
     assert_eq!(sample(&metrics, "berth_kube_stale_seconds"), Some(0.0));
     let ready = berth_tests::agent::http_get(
         &fx.agent.metrics_addr().expect("metrics address"),
