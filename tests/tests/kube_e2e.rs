@@ -232,6 +232,38 @@ fn api_server_services_follow_endpoints_terminating_and_deletion() {
         .expect("delete pod");
     fx.wait_serving(&vip, &["kb1", "kb2"], 30);
 
+    // A file's Service of the same name wins over the API server's (a node-local override),
+    // and the API server's comes back when the file's is deleted.
+    let file = berth_tests::cluster::service_yaml(
+        "web",
+        VIP,
+        "",
+        &[(fx.backends[0].ip(), true, true, false)],
+        PORT,
+    );
+    let (ok, out, err) =
+        svc(&fx.agent.paths.api_socket, &["apply", "-f", "-"], &file).expect("svc apply");
+    assert!(ok, "{out}{err}");
+    fx.wait_serving(&vip, &["kb0"], 10);
+    let ls = fx.svc_ls();
+    assert!(
+        ls.lines()
+            .any(|l| l.contains("default/web") && l.ends_with("file (shadows kubernetes)")),
+        "{ls}"
+    );
+    let (ok, out, err) =
+        svc(&fx.agent.paths.api_socket, &["delete", "default/web"], "").expect("svc delete");
+    assert!(ok, "{out}{err}");
+    fx.wait_serving(&vip, &["kb1", "kb2"], 30);
+    // A Service only the API server defines is not deleted from the node.
+    let (ok, _, err) =
+        svc(&fx.agent.paths.api_socket, &["delete", "default/web"], "").expect("svc delete");
+    assert!(
+        !ok && err.contains("comes from the Kubernetes API server"),
+        "{err}"
+    );
+    fx.wait_serving(&vip, &["kb1", "kb2"], 10);
+
     // A Pod deleted gracefully stays Terminating (no kubelet confirms); its endpoint turns
     // terminating, still serving. As kube-proxy does, it takes no new connections while a
     // ready endpoint exists...
