@@ -840,8 +840,17 @@ impl PolicyStore {
         let compiled = self.compiled.as_ref();
         let policies: Vec<serde_json::Value> = self
             .effective_policies
-            .values()
-            .map(|p| {
+            .iter()
+            .map(|(key, p)| {
+                let from_api = self
+                    .api
+                    .as_ref()
+                    .is_some_and(|api| api.policies.contains_key(key));
+                let source = match (self.policies.contains_key(key), from_api) {
+                    (true, true) => "file (shadows kubernetes)",
+                    (true, false) => "file",
+                    _ => "kubernetes",
+                };
                 let selected: Vec<String> = self
                     .pods
                     .iter()
@@ -859,6 +868,7 @@ impl PolicyStore {
                     "namespace": p.namespace,
                     "name": p.name,
                     "policy_types": types,
+                    "source": source,
                     "ingress_rules": p.ingress.as_ref().map(Vec::len),
                     "egress_rules": p.egress.as_ref().map(Vec::len),
                     "selects": selected,

@@ -165,8 +165,8 @@ fn print_outcome(out: &serde_json::Value) {
 
 fn render_list(view: &serde_json::Value) -> String {
     let mut out = format!(
-        "{:<40} {:<16} {:>8} {:>8}  SELECTS\n",
-        "POLICY", "TYPES", "INGRESS", "EGRESS"
+        "{:<40} {:<16} {:>8} {:>8}  {:<12} SELECTS\n",
+        "POLICY", "TYPES", "INGRESS", "EGRESS", "SOURCE"
     );
     let rules = |v: &serde_json::Value| v.as_u64().map_or("-".to_owned(), |n| n.to_string());
     for p in view["policies"].as_array().into_iter().flatten() {
@@ -183,7 +183,7 @@ fn render_list(view: &serde_json::Value) -> String {
             .filter_map(|t| t.as_str())
             .collect();
         out.push_str(&format!(
-            "{:<40} {:<16} {:>8} {:>8}  {}\n",
+            "{:<40} {:<16} {:>8} {:>8}  {:<12} {}\n",
             format!(
                 "{}/{}",
                 p["namespace"].as_str().unwrap_or(""),
@@ -192,6 +192,7 @@ fn render_list(view: &serde_json::Value) -> String {
             types.join(","),
             rules(&p["ingress_rules"]),
             rules(&p["egress_rules"]),
+            p["source"].as_str().unwrap_or("file"),
             if selects.is_empty() {
                 "(no pod on this node)".to_owned()
             } else {

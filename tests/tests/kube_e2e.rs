@@ -559,6 +559,17 @@ fn network_policy_from_the_api_server_is_enforced() {
         "explain names the policy from the API server: {out}{err}"
     );
 
+    let (ok, out, err) =
+        berth_tests::cluster::policy(&fx.agent.paths.api_socket, &["ls"]).expect("policy ls");
+    assert!(
+        ok && out
+            .lines()
+            .any(|l| l.starts_with("default/web-from-frontend")
+                && l.contains("kubernetes")
+                && l.contains("kb0")),
+        "policy ls shows the API server's policy and the pod it selects: {out}{err}"
+    );
+
     // Relabel the second client's Pod: it is allowed now.
     fx.cluster
         .kubectl(&["label", "pod", &other.name, "role=frontend", "--overwrite"])
