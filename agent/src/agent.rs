@@ -44,15 +44,14 @@ async fn housekeeping(
         let policy_gc_removed = policy_gc_removed.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let now = monotonic_ns();
-            {
+            let kube_cache = {
                 let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
                 store.refresh_node();
-                if let Err(e) = store.persist_kube(true) {
-                    tracing::warn!(error = %e, "saving the cached Kubernetes services failed");
-                }
                 let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
                 gc_removed.inc_by(removed as u64);
-            }
+                store.kube_snapshot()
+            };
+            save_kube_cache(kube_cache);
             if let Err(e) = audit
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -67,6 +66,15 @@ async fn housekeeping(
             policy_gc_removed.inc_by(store.gc_conntrack(now) as u64);
         })
         .await;
+    }
+}
+
+/// Writes the API server's services (a snapshot taken under the store's lock) outside it.
+fn save_kube_cache(snapshot: Option<(std::path::PathBuf, berth_services::Catalog)>) {
+    if let Some((path, catalog)) = snapshot
+        && let Err(e) = ServiceStore::write_kube_cache(&path, &catalog)
+    {
+        tracing::warn!(error = %e, "saving the cached Kubernetes services failed; a restart while the API server is unreachable starts from an older copy");
     }
 }
 
@@ -241,6 +249,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             None
         }
     };
+    let services_at_exit = services.clone();
     let housekeeping = tokio::spawn(housekeeping(
         services.clone(),
         policy.clone(),
@@ -298,6 +307,11 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     }
     log_task.abort();
     housekeeping.abort();
+    let kube_cache = services_at_exit
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .kube_snapshot();
+    save_kube_cache(kube_cache);
     events_task.abort();
     audit_events_task.abort();
     if let Err(err) = std::fs::remove_file(&config.api_socket) {

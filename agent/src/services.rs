@@ -25,7 +25,7 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::Ipv4Addr,
     path::{Path, PathBuf},
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use berth_common::lb::{Backend, FrontendKey, SCOPE_EXTERNAL, SCOPE_INTERNAL};
@@ -119,10 +119,6 @@ pub struct KubeOutcome {
     pub services_touched: usize,
 }
 
-/// How often at most the API server's catalog is written to disk (it is only a cache for
-/// restarts while the API server is unreachable; every relist replaces it).
-const KUBE_PERSIST_INTERVAL: Duration = Duration::from_secs(1);
-
 pub struct ServiceStore {
     files: Catalog,
     kube: Catalog,
@@ -134,8 +130,8 @@ pub struct ServiceStore {
     extra_networks: Vec<(Ipv4Addr, u8)>,
     path: PathBuf,
     kube_path: PathBuf,
+    /// The API server's catalog changed since it was last written.
     kube_dirty: bool,
-    kube_persisted: Instant,
     writer: LbWriter,
     metrics: ServiceMetrics,
     /// The frontend keys programmed for each service, so a change rewrites only its service.
@@ -192,7 +188,6 @@ impl ServiceStore {
             path,
             kube_path,
             kube_dirty: false,
-            kube_persisted: Instant::now(),
             writer,
             metrics,
             by_service: BTreeMap::new(),
@@ -354,8 +349,9 @@ impl ServiceStore {
         self.kube_apply(pending, &mut rejected);
         let services_touched = touched.len();
         let dataplane = self.reconcile_services(touched)?;
+        // Written later, off this path (see `kube_snapshot`): at 10,000 services the file is
+        // megabytes, and a change must not wait for it.
         self.kube_dirty = true;
-        self.persist_kube(false)?;
         Ok(KubeOutcome {
             dataplane,
             rejected,
@@ -395,16 +391,20 @@ impl ServiceStore {
         }
     }
 
-    /// Writes the API server's catalog if it changed and the last write is older than
-    /// [`KUBE_PERSIST_INTERVAL`] (or `force`).
-    pub fn persist_kube(&mut self, force: bool) -> Result<(), StoreError> {
-        if !self.kube_dirty || (!force && self.kube_persisted.elapsed() < KUBE_PERSIST_INTERVAL) {
-            return Ok(());
+    /// A copy of the API server's catalog to write, if it changed since the last one. The
+    /// caller writes it with [`ServiceStore::write_kube_cache`] without holding the store: the
+    /// file is only a cache for a restart while the API server is unreachable (every relist
+    /// replaces it), so it may lag the maps by the housekeeping interval.
+    pub fn kube_snapshot(&mut self) -> Option<(PathBuf, Catalog)> {
+        if !std::mem::take(&mut self.kube_dirty) {
+            return None;
         }
-        persist(&self.kube_path, &self.kube)?;
-        self.kube_dirty = false;
-        self.kube_persisted = Instant::now();
-        Ok(())
+        Some((self.kube_path.clone(), self.kube.clone()))
+    }
+
+    /// Writes a snapshot from [`ServiceStore::kube_snapshot`].
+    pub fn write_kube_cache(path: &Path, catalog: &Catalog) -> Result<(), StoreError> {
+        persist(path, catalog)
     }
 
     /// Where `svc` is served from, and the catalog holding its objects.
