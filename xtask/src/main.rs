@@ -35,7 +35,8 @@ enum Command {
     /// Benchmarks (release builds): `runtime` = container start latency vs crun and runc;
     /// `services` = service load balancing vs kube-proxy's iptables and nftables layouts;
     /// `policy` = NetworkPolicy enforcement vs iptables policy chains; `audit` = syscall
-    /// auditing vs bpftrace, strace -f and auditd.
+    /// auditing vs bpftrace, strace -f and auditd; `kube` = the Kubernetes node agent vs the
+    /// real kube-proxy 1.20.2 against one API server.
     Bench {
         /// Which benchmark.
         #[arg(default_value = "runtime")]
@@ -58,9 +59,13 @@ enum Command {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup => setup::run(),
+        Command::Setup => {
+            setup::run()?;
+            setup::kubernetes()
+        }
         Command::Test { no_lint, filter } => {
             setup::run()?;
+            setup::kubernetes()?;
             test(!no_lint, filter.as_deref())
         }
         Command::Bench {
@@ -71,6 +76,9 @@ fn main() -> Result<()> {
             setup::run()?;
             if name == "audit" {
                 setup::install(setup::BENCH_PACKAGES)?;
+            }
+            if name == "kube" {
+                setup::kubernetes()?;
             }
             sh::run(
                 "cargo",
@@ -88,6 +96,7 @@ fn main() -> Result<()> {
                 "services" => vec!["services", "--berth", "target/release/berth"],
                 "policy" => vec!["policy", "--berth", "target/release/berth"],
                 "audit" => vec!["audit", "--berth", "target/release/berth"],
+                "kube" => vec!["kube", "--berth", "target/release/berth"],
                 _ => vec![
                     &name,
                     "--berth-runc",

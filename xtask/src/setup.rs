@@ -62,6 +62,10 @@ const APT_PACKAGES: &[(&str, &str)] = &[
         "strace",
         "the audit test checks syscall counts against strace -f -c; audit benchmark baseline",
     ),
+];
+
+/// What the Kubernetes tests and benchmark need besides the binaries built from source.
+const KUBERNETES_PACKAGES: &[(&str, &str)] = &[
     (
         "etcd-server",
         "the Kubernetes tests run a real kube-apiserver, which stores in etcd",
@@ -106,12 +110,12 @@ pub const BENCH_PACKAGES: &[(&str, &str)] = &[
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// What building berth needs (every command runs this first).
 pub fn run() -> Result<()> {
     let started = std::time::Instant::now();
     apt_packages()?;
     nightly_rust_src()?;
     bpf_linker()?;
-    kubernetes()?;
     eprintln!("xtask setup: ready in {:.1?}", started.elapsed());
     Ok(())
 }
@@ -184,7 +188,10 @@ fn nightly_rust_src() -> Result<()> {
 
 /// kube-apiserver, kube-controller-manager, kube-proxy and kubectl 1.20.2, built from Debian's
 /// source package (no registry here ships them; see shared/KUBERNETES.md) and cached.
-fn kubernetes() -> Result<()> {
+/// Only the test suite and the Kubernetes benchmark run them (the demo does not wait for the
+/// build).
+pub fn kubernetes() -> Result<()> {
+    install(KUBERNETES_PACKAGES)?;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/k8s/build-kubernetes.sh");
     sh::run("bash", &[script, KUBERNETES_CACHE])
         .context("building the Kubernetes binaries the tests run against")
