@@ -317,3 +317,12 @@ endpoints:
 {eps}"
     )
 }
+
+/// How often each line occurs (answers from `tcp-count` → connections per pod).
+pub fn tally(lines: &[String]) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for l in lines {
+        *counts.entry(l.clone()).or_insert(0) += 1;
+    }
+    counts
+}

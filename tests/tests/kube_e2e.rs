@@ -12,7 +12,7 @@ use std::{
 
 use berth_tests::{
     agent::{AgentPaths, AgentProcess, sample},
-    cluster::{Forwarding, Pod, TestCgroup, client, svc},
+    cluster::{Forwarding, Pod, TestCgroup, client, svc, tally},
     kube_cluster::{KubeCluster, endpoint_for, require_binaries},
     privileged::require_root,
 };
@@ -186,14 +186,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.agent.paths.cleanup();
     }
-}
-
-fn tally(lines: &[String]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for l in lines {
-        *counts.entry(l.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 fn prerequisites(test: &str) -> bool {

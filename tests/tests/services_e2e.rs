@@ -12,7 +12,7 @@ use std::{
 
 use berth_tests::{
     agent::{AgentPaths, AgentProcess, sample},
-    cluster::{Forwarding, Pod, TestCgroup, client, client_command, service_yaml, svc},
+    cluster::{Forwarding, Pod, TestCgroup, client, client_command, service_yaml, svc, tally},
     privileged::require_root,
 };
 
@@ -101,14 +101,6 @@ impl Drop for Fixture {
     fn drop(&mut self) {
         self.agent.paths.cleanup();
     }
-}
-
-fn tally(lines: &[String]) -> BTreeMap<String, usize> {
-    let mut counts = BTreeMap::new();
-    for l in lines {
-        *counts.entry(l.clone()).or_insert(0) += 1;
-    }
-    counts
 }
 
 #[test]
