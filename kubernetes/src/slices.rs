@@ -200,6 +200,51 @@ mod tests {
         assert_eq!(value["apiVersion"], "discovery.k8s.io/v1");
     }
 
+    /// An API server that answers discovery of `discovery.k8s.io/v1` with `status` (404 on
+    /// 1.20, the resource list on 1.21+).
+    fn discovery(status: u16) -> Client {
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let path = req.uri().path().to_owned();
+            async move {
+                let body = if status == 404 {
+                    json!({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                        "status": "Failure", "reason": "NotFound", "code": 404,
+                        "message": format!("the server could not find the requested resource {path}")})
+                } else {
+                    json!({"kind": "APIResourceList", "apiVersion": "v1",
+                        "groupVersion": "discovery.k8s.io/v1",
+                        "resources": [{"name": "endpointslices", "singularName": "endpointslice",
+                            "namespaced": true, "kind": "EndpointSlice",
+                            "verbs": ["get", "list", "watch"]}]})
+                };
+                let mut response = http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body.to_string()),
+                ));
+                *response.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                Ok::<_, std::convert::Infallible>(response)
+            }
+        });
+        Client::new(service, "default")
+    }
+
+    #[tokio::test]
+    async fn discovery_picks_v1beta1_on_old_servers_and_v1_on_new_ones() {
+        assert_eq!(
+            detect_version(&discovery(404))
+                .await
+                .expect("404 is an answer"),
+            SliceVersion::V1beta1
+        );
+        assert_eq!(
+            detect_version(&discovery(200)).await.expect("v1"),
+            SliceVersion::V1
+        );
+        assert!(
+            detect_version(&discovery(503)).await.is_err(),
+            "an unavailable server is retried, not taken for an old one"
+        );
+    }
+
     #[test]
     fn a_slice_without_endpoints_converts() {
         let mut value = v1beta1();

@@ -359,6 +359,132 @@ mod tests {
         }
     }
 
+    /// A scripted API server: the first list has services a and b; the watch then adds c,
+    /// deletes a, and expires (410); the relist has b and c; later watches stay open.
+    fn scripted_api() -> (Client, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::{
+            Arc,
+            atomic::{AtomicUsize, Ordering},
+        };
+        let lists = Arc::new(AtomicUsize::new(0));
+        let watches = Arc::new(AtomicUsize::new(0));
+        let list_count = lists.clone();
+        let svc = |name: &str, rv: u32| {
+            serde_json::json!({
+                "apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": name, "namespace": "default", "resourceVersion": rv.to_string()},
+                "spec": {"clusterIP": "10.96.0.10", "ports": [{"port": 80}]}
+            })
+        };
+        let service = tower::service_fn(move |req: http::Request<kube::client::Body>| {
+            let query = req.uri().query().unwrap_or_default().to_owned();
+            let lists = lists.clone();
+            let watches = watches.clone();
+            async move {
+                let body = if query.contains("watch=true") {
+                    if watches.fetch_add(1, Ordering::SeqCst) == 0 {
+                        [
+                            serde_json::json!({"type": "ADDED", "object": svc("c", 12)}),
+                            serde_json::json!({"type": "DELETED", "object": svc("a", 13)}),
+                            serde_json::json!({"type": "ERROR", "object": {
+                                "apiVersion": "v1", "kind": "Status", "metadata": {},
+                                "status": "Failure", "reason": "Expired", "code": 410,
+                                "message": "too old resource version"
+                            }}),
+                        ]
+                        .iter()
+                        .map(|e| format!("{e}\n"))
+                        .collect::<String>()
+                    } else {
+                        // Later watches stay open, as a quiet API server's do.
+                        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
+                        String::new()
+                    }
+                } else {
+                    let items = if lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                        vec![svc("a", 5), svc("b", 6)]
+                    } else {
+                        vec![svc("b", 6), svc("c", 12)]
+                    };
+                    serde_json::json!({
+                        "apiVersion": "v1", "kind": "ServiceList",
+                        "metadata": {"resourceVersion": "10"}, "items": items
+                    })
+                    .to_string()
+                };
+                Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(
+                    bytes::Bytes::from(body),
+                )))
+            }
+        });
+        (Client::new(service, "default"), list_count)
+    }
+
+    fn names(update: &Update) -> (String, Vec<String>) {
+        let Update::Service(change) = update else {
+            panic!("not a Service update: {update:?}")
+        };
+        let name = |s: &Service| s.metadata.name.clone().unwrap_or_default();
+        match change {
+            Change::Applied(s) => ("applied".into(), vec![name(s)]),
+            Change::Deleted(s) => ("deleted".into(), vec![name(s)]),
+            Change::Relisted(all) => ("relisted".into(), all.iter().map(|s| name(s)).collect()),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_watch_relists_after_an_expired_watch_and_reports_its_health() {
+        let (client, lists) = scripted_api();
+        let health = Health::new(&[Kind::Service]);
+        let metrics = KubeMetrics::new().expect("metrics");
+        let (tx, mut rx) = mpsc::channel(16);
+        let watchers = spawn_watchers(
+            &client,
+            SliceVersion::V1,
+            &[Kind::Service],
+            &health,
+            &metrics,
+            &tx,
+        );
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let received = tokio::time::timeout(std::time::Duration::from_secs(10), rx.recv())
+                .await
+                .expect("an update within 10 s")
+                .expect("watcher alive");
+            seen.push(names(&received.update));
+        }
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            seen,
+            vec![
+                ("relisted".to_owned(), s(&["a", "b"])),
+                ("applied".to_owned(), s(&["c"])),
+                ("deleted".to_owned(), s(&["a"])),
+                // After the 410 the watcher lists again: the complete set, nothing stale.
+                ("relisted".to_owned(), s(&["b", "c"])),
+            ]
+        );
+        assert_eq!(lists.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let h = health.snapshot()[&Kind::Service].clone();
+        assert!(h.synced);
+        assert_eq!((h.relists, h.errors, h.objects), (1, 1, 2));
+        assert!(
+            h.failing_since.is_none(),
+            "the relist confirmed the view: {h:?}"
+        );
+        assert!(h.last_error.is_some_and(|e| e.contains("too old")));
+        assert_eq!(
+            metrics.watch_restarts.with_label_values(&["Service"]).get(),
+            1
+        );
+        assert_eq!(metrics.objects.with_label_values(&["Service"]).get(), 2);
+        assert_eq!(health.stale_seconds(), 0.0);
+        for w in watchers {
+            w.abort();
+        }
+    }
+
     #[tokio::test]
     async fn batches_take_what_queued_up_and_no_more_than_max() {
         let (tx, mut rx) = mpsc::channel(16);
