@@ -121,6 +121,19 @@ pub enum AgentError {
 pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
     let started = Instant::now();
     let api_listener = api::bind_api_socket(&config.api_socket).await?;
+    // A bad kubeconfig fails the start before anything is loaded; an unreachable API server
+    // does not (the watchers retry while the data plane keeps its last state).
+    let kube_client = match &config.kubernetes {
+        Some(source) => match source.client().await {
+            Ok(client) => Some(client),
+            Err(e) => {
+                drop(api_listener);
+                let _ = std::fs::remove_file(&config.api_socket);
+                return Err(e.into());
+            }
+        },
+        None => None,
+    };
     let layout = PinLayout::new(&config.pin_root);
 
     let (dataplane, logger) = match Dataplane::load(
@@ -226,11 +239,8 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
                 source,
             })?;
     }
-    // The Kubernetes source: a bad kubeconfig fails the start loudly; an unreachable API server
-    // does not (the watchers retry while the data plane keeps its last state).
-    let kube = match &config.kubernetes {
-        Some(source) => {
-            let client = source.client().await?;
+    let kube = match (&config.kubernetes, kube_client) {
+        (Some(source), Some(client)) => {
             let handle = crate::kube_source::KubeHandle::new(source.clone(), &config.node_name);
             let _ = metrics.kube_health.set(handle.health.clone());
             tokio::spawn(crate::kube_source::run(
@@ -242,7 +252,7 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
             ));
             Some(handle)
         }
-        None => {
+        _ => {
             metrics
                 .ready
                 .store(true, std::sync::atomic::Ordering::Relaxed);

@@ -578,3 +578,29 @@ fn network_policy_from_the_api_server_is_enforced() {
         .expect("delete networkpolicy");
     fx.wait_until(|| from(&other) == vec!["kb0"], "policy deleted");
 }
+
+/// A kubeconfig the agent cannot read fails its start with an error naming the file, before
+/// anything is loaded: no pins, no socket left behind.
+#[test]
+fn a_bad_kubeconfig_fails_the_start_and_loads_nothing() {
+    if !require_root("a_bad_kubeconfig_fails_the_start_and_loads_nothing") {
+        return;
+    }
+    let paths = AgentPaths::new("kubebad").expect("paths");
+    let _cleanup = berth_tests::agent::AgentCleanup(paths.clone());
+    let out = paths
+        .command("agent")
+        .expect("command")
+        .args(["--kubeconfig", "/nonexistent/kubeconfig", "--state-dir"])
+        .arg(paths.state_dir())
+        .output()
+        .expect("run agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("reading the kubeconfig /nonexistent/kubeconfig"),
+        "{stderr}"
+    );
+    assert!(!paths.pin_root.exists(), "nothing was pinned");
+    assert!(!paths.api_socket.exists(), "no socket left behind");
+}
