@@ -155,6 +155,26 @@ struct FromApi {
     listed: BTreeSet<&'static str>,
 }
 
+/// Sets (Some) or removes (None) `key`; whether that changed anything.
+fn set<V: PartialEq>(map: &mut BTreeMap<String, V>, key: String, value: Option<V>) -> bool {
+    match value {
+        Some(v) => {
+            map.get(&key) != Some(&v) && {
+                map.insert(key, v);
+                true
+            }
+        }
+        None => map.remove(&key).is_some(),
+    }
+}
+
+/// Replaces `map` with `listed`; whether that changed anything.
+fn replace<V: PartialEq>(map: &mut BTreeMap<String, V>, listed: BTreeMap<String, V>) -> bool {
+    let changed = *map != listed;
+    *map = listed;
+    changed
+}
+
 /// The kinds the policy store takes from the API server.
 const API_KINDS: [&str; 3] = ["NetworkPolicy", "Namespace", "Pod"];
 
@@ -506,39 +526,45 @@ impl PolicyStore {
     ) -> Result<(PolicyChanges, Vec<String>), PolicyStoreError> {
         let api = self.api.get_or_insert_with(FromApi::default);
         let mut rejected = Vec::new();
+        // Most Pod updates (status, annotations) change nothing policies read: compile only
+        // when what the store keeps changed.
+        let mut changed = false;
         for change in changes {
             match change {
                 PolicyKubeChange::NetworkPolicy(change) => {
-                    let key = |np: &NetworkPolicy| {
-                        policy_key(
+                    let mut compiled = |np: &NetworkPolicy| {
+                        let key = policy_key(
                             np.metadata.namespace.as_deref().unwrap_or("default"),
                             np.metadata.name.as_deref().unwrap_or_default(),
-                        )
-                    };
-                    let mut put = |api: &mut FromApi, np: &NetworkPolicy| {
+                        );
                         match berth_netpolicy::compile(np) {
-                            Ok(p) => {
-                                api.policies.insert(key(np), p);
-                            }
+                            Ok(p) => (key, Some(p)),
                             Err(problems) => {
-                                api.policies.remove(&key(np));
                                 let text = berth_netpolicy::Error::Invalid { problems }.to_string();
                                 tracing::warn!(error = %text, "NetworkPolicy from the Kubernetes API not enforced");
                                 rejected.push(text);
+                                (key, None)
                             }
                         }
                     };
                     match change {
-                        Change::Applied(np) => put(api, &np),
+                        Change::Applied(np) => {
+                            let (key, policy) = compiled(&np);
+                            changed |= set(&mut api.policies, key, policy);
+                        }
                         Change::Deleted(np) => {
-                            api.policies.remove(&key(&np));
+                            changed |= set(&mut api.policies, compiled(&np).0, None);
                         }
                         Change::Relisted(all) => {
-                            api.policies.clear();
-                            for np in &all {
-                                put(api, np);
-                            }
-                            api.listed.insert("NetworkPolicy");
+                            let listed: BTreeMap<String, Policy> = all
+                                .iter()
+                                .filter_map(|np| match compiled(np) {
+                                    (key, Some(p)) => Some((key, p)),
+                                    (_, None) => None,
+                                })
+                                .collect();
+                            changed |= replace(&mut api.policies, listed);
+                            changed |= api.listed.insert("NetworkPolicy");
                         }
                     }
                 }
@@ -556,14 +582,15 @@ impl PolicyStore {
                     match change {
                         Change::Applied(ns) => {
                             let (k, n) = of(&ns);
-                            api.namespaces.insert(k, n);
+                            changed |= set(&mut api.namespaces, k, Some(n));
                         }
                         Change::Deleted(ns) => {
-                            api.namespaces.remove(&of(&ns).0);
+                            changed |= set(&mut api.namespaces, of(&ns).0, None);
                         }
                         Change::Relisted(all) => {
-                            api.namespaces = all.iter().map(|ns| of(ns)).collect();
-                            api.listed.insert("Namespace");
+                            changed |=
+                                replace(&mut api.namespaces, all.iter().map(|ns| of(ns)).collect());
+                            changed |= api.listed.insert("Namespace");
                         }
                     }
                 }
@@ -576,27 +603,26 @@ impl PolicyStore {
                         )
                     };
                     match change {
-                        Change::Applied(p) => match api_pod(&p) {
-                            Some(pod) => {
-                                api.pods.insert(key(&p), pod);
-                            }
-                            None => {
-                                api.pods.remove(&key(&p));
-                            }
-                        },
+                        Change::Applied(p) => {
+                            changed |= set(&mut api.pods, key(&p), api_pod(&p));
+                        }
                         Change::Deleted(p) => {
-                            api.pods.remove(&key(&p));
+                            changed |= set(&mut api.pods, key(&p), None);
                         }
                         Change::Relisted(all) => {
-                            api.pods = all
+                            let listed = all
                                 .iter()
                                 .filter_map(|p| api_pod(p).map(|pod| (key(p), pod)))
                                 .collect();
-                            api.listed.insert("Pod");
+                            changed |= replace(&mut api.pods, listed);
+                            changed |= api.listed.insert("Pod");
                         }
                     }
                 }
             }
+        }
+        if !changed {
+            return Ok((PolicyChanges::default(), rejected));
         }
         let (changes, _, _) = self.reconcile()?;
         Ok((changes, rejected))
