@@ -14,7 +14,10 @@ use crate::{
     api::{self, ApiState},
     audit::AuditStore,
     config::AgentConfig,
-    dataplane::{self, Dataplane, PinLayout, lb::CtTimeouts},
+    dataplane::{
+        self, Dataplane, PinLayout,
+        lb::{ConntrackGc, CtTimeouts},
+    },
     events::EventHub,
     metrics::Metrics,
     policy::PolicyStore,
@@ -31,6 +34,7 @@ async fn housekeeping(
     services: Arc<std::sync::Mutex<ServiceStore>>,
     policy: Arc<std::sync::Mutex<PolicyStore>>,
     audit: Arc<std::sync::Mutex<AuditStore>>,
+    lb_conntrack: Arc<std::sync::Mutex<ConntrackGc>>,
     gc_removed: prometheus::IntCounter,
     policy_gc_removed: prometheus::IntCounter,
 ) {
@@ -40,6 +44,7 @@ async fn housekeeping(
         let services = services.clone();
         let policy = policy.clone();
         let audit = audit.clone();
+        let lb_conntrack = lb_conntrack.clone();
         let gc_removed = gc_removed.clone();
         let policy_gc_removed = policy_gc_removed.clone();
         let _ = tokio::task::spawn_blocking(move || {
@@ -47,11 +52,14 @@ async fn housekeeping(
             let kube_cache = {
                 let mut store = services.lock().unwrap_or_else(|p| p.into_inner());
                 store.refresh_node();
-                let (_, removed) = store.maps().gc_conntrack(now, &CtTimeouts::default());
-                gc_removed.inc_by(removed as u64);
                 store.kube_snapshot()
             };
             save_kube_cache(kube_cache);
+            let (_, removed) = lb_conntrack
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .run(now, &CtTimeouts::default());
+            gc_removed.inc_by(removed as u64);
             if let Err(e) = audit
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -260,10 +268,14 @@ pub async fn run(config: AgentConfig) -> Result<(), AgentError> {
         }
     };
     let services_at_exit = services.clone();
+    let lb_conntrack = Arc::new(std::sync::Mutex::new(
+        ConntrackGc::open(&layout).map_err(crate::services::StoreError::from)?,
+    ));
     let housekeeping = tokio::spawn(housekeeping(
         services.clone(),
         policy.clone(),
         audit.clone(),
+        lb_conntrack,
         metrics.conntrack_gc.clone(),
         metrics.policy_conntrack_gc.clone(),
     ));

@@ -193,10 +193,25 @@ impl LbMaps {
             }
         }
     }
+}
 
-    /// Deletes conntrack entries idle for longer than their timeout. Returns (kept, removed).
-    pub fn gc_conntrack(&mut self, now_ns: u64, timeouts: &CtTimeouts) -> (usize, usize) {
-        gc_idle(&mut self.conntrack, now_ns, timeouts, |v| {
+/// The translated-flow conntrack map on its own handle, so garbage collection walks it without
+/// holding the service store: a walk is one bpf() call per entry (hundreds of milliseconds at
+/// 100,000 flows), and a service change must not wait for it.
+pub struct ConntrackGc {
+    map: HashMap<MapData, CtKey, CtValue>,
+}
+
+impl ConntrackGc {
+    pub fn open(layout: &PinLayout) -> Result<Self, LbError> {
+        Ok(Self {
+            map: open(layout, maps::LB_CONNTRACK)?,
+        })
+    }
+
+    /// Deletes entries idle for longer than their timeout. Returns (kept, removed).
+    pub fn run(&mut self, now_ns: u64, timeouts: &CtTimeouts) -> (usize, usize) {
+        gc_idle(&mut self.map, now_ns, timeouts, |v| {
             (v.last_seen_ns, v.flags & CT_F_CLOSING != 0)
         })
     }
