@@ -211,12 +211,24 @@ fn apply_batch(
         }
     }
     let mut ok = true;
+    let has_relist = !relisted.is_empty();
+    let started = std::time::Instant::now();
     if !service_changes.is_empty() {
         let result = services
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .apply_kube(service_changes);
         match result {
+            Ok(outcome) if has_relist => tracing::info!(
+                updates = received.len(),
+                services = outcome.services_touched,
+                added = outcome.dataplane.frontends_added,
+                updated = outcome.dataplane.frontends_updated,
+                removed = outcome.dataplane.frontends_removed,
+                rejected = outcome.rejected.len(),
+                seconds = started.elapsed().as_secs_f64(),
+                "Kubernetes services listed and programmed"
+            ),
             Ok(outcome) => tracing::debug!(
                 services = outcome.services_touched,
                 added = outcome.dataplane.frontends_added,

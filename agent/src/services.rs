@@ -554,13 +554,14 @@ impl ServiceStore {
 
     fn record(&self, report: &ReconcileReport) {
         let (frontends, backends) = self.writer.counts();
-        let services: BTreeSet<&ServiceRef> = self
+        // Both sources, a service both define counted once (files are few: look those up).
+        let shadowed = self
             .files
             .services()
-            .chain(self.kube.services())
-            .map(|e| &e.service)
-            .collect();
-        self.metrics.services.set(services.len() as i64);
+            .filter(|e| self.kube.service(&e.service).is_some())
+            .count();
+        let services = self.files.services().count() + self.kube.services().count() - shadowed;
+        self.metrics.services.set(services as i64);
         self.metrics.frontends.set(frontends as i64);
         self.metrics.backends.set(backends as i64);
         self.metrics
