@@ -12,6 +12,7 @@
 //!   bpftrace counter, bpftrace printf, `strace -f` and auditd, and berth's event delivery.
 
 mod audit;
+mod kube;
 mod policy;
 mod runtime;
 mod services;
@@ -36,6 +37,11 @@ enum Bench {
     Policy(policy::Args),
     /// Syscall auditing: berth vs bpftrace, strace and auditd.
     Audit(audit::Args),
+    /// Kubernetes node agent: berth vs the real kube-proxy 1.20.2 against one API server.
+    Kube(crate::kube::Args),
+    /// The prober `kube` runs in each node namespace (internal).
+    #[command(hide = true)]
+    KubeProbe(crate::kube::ProbeArgs),
     /// The workload `audit` runs inside the audited cgroup (internal).
     #[command(hide = true)]
     AuditWorker(audit::WorkerArgs),
@@ -52,6 +58,8 @@ fn main() -> Result<()> {
         Bench::Policy(args) => policy::run(&args),
         Bench::Audit(args) => audit::run(&args),
         Bench::AuditWorker(args) => audit::worker(&args),
+        Bench::Kube(args) => crate::kube::run(&args),
+        Bench::KubeProbe(args) => crate::kube::worker(&args),
     }
 }
 
