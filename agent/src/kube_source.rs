@@ -185,16 +185,8 @@ fn apply_batch(
     let mut policy_changes = Vec::new();
     let mut relisted = Vec::new();
     for update in batch.into_iter().map(|r| r.update) {
-        let kind = update.kind();
-        let is_relist = match &update {
-            Update::Service(c) => matches!(c, Change::Relisted(_)),
-            Update::EndpointSlice(c) => matches!(c, Change::Relisted(_)),
-            Update::Pod(c) => matches!(c, Change::Relisted(_)),
-            Update::Namespace(c) => matches!(c, Change::Relisted(_)),
-            Update::NetworkPolicy(c) => matches!(c, Change::Relisted(_)),
-        };
-        if is_relist {
-            relisted.push(kind);
+        if update.is_relist() {
+            relisted.push(update.kind());
         }
         match update {
             Update::Service(change) => {

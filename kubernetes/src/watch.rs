@@ -84,6 +84,17 @@ pub enum Update {
 }
 
 impl Update {
+    /// A complete (re)list of its kind.
+    pub fn is_relist(&self) -> bool {
+        match self {
+            Update::Service(c) => matches!(c, Change::Relisted(_)),
+            Update::EndpointSlice(c) => matches!(c, Change::Relisted(_)),
+            Update::Pod(c) => matches!(c, Change::Relisted(_)),
+            Update::Namespace(c) => matches!(c, Change::Relisted(_)),
+            Update::NetworkPolicy(c) => matches!(c, Change::Relisted(_)),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Update::Service(_) => Kind::Service,
